@@ -364,3 +364,89 @@ def iter_ranking_groups(path) -> Iterator[tuple[str, list[tuple[str, str]]]]:
         hits.append((pid, score))
     if current is not None:
         yield current, hits
+
+
+# --------------------------------------------------------------------------- streaming helpers (preprocessing)
+def iter_negatives(path) -> Iterator[tuple[int, str, list[str]]]:
+    """Yield ``(line_number, qid, [pid, ...])`` one line at a time.
+
+    MS MARCO's negatives file holds ~500k lines of 200 ids; :func:`read_negatives` would keep all of them
+    as Python strings (several GB), so builders that sample per query stream instead.
+    """
+    for number, (qid, pids) in iter_tsv(path, 2):
+        qid = qid.strip()
+        if not qid:
+            raise InputError(path, "empty query id", number)
+        yield number, qid, [p for p in (x.strip() for x in pids.split(",")) if p]
+
+
+def write_negatives_iter(path, groups: Iterable[tuple[str, Sequence[str]]]) -> None:
+    """Streaming form of :func:`write_negatives`: ``(qid, pids)`` pairs are written as they arrive."""
+    write_tsv(path, ((qid, ",".join(pids)) for qid, pids in groups))
+
+
+def count_data_lines(path) -> int:
+    """Number of non-blank lines: the rows :func:`iter_collection` / :func:`iter_collection_rows` yield.
+
+    Counted on raw bytes, so a corpus can be split into row ranges before anything is parsed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    with open(path, "rb") as handle:
+        return sum(1 for raw in handle if raw.strip())
+
+
+def iter_collection_rows(path, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, str, str, str]]:
+    """Yield ``(line_number, pid, title, text)`` for rows ``[start, stop)`` (0-based, blank lines not
+    counted) of a collection in the formats :func:`iter_collection` reads, in constant memory.
+
+    Rows before ``start`` are skipped as raw bytes, so parallel workers can each read their own slice
+    of an 8.8M-passage corpus cheaply.  Duplicate ids are only detected within the slice (the whole
+    file is checked by :func:`iter_collection` when the corpus is normalised).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    jsonl = path.suffix in (".jsonl", ".json")
+    seen: set[str] = set()
+    row = -1
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            row += 1
+            if row < start:
+                continue
+            if stop is not None and row >= stop:
+                break
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise InputError(path, f"not valid UTF-8 ({err.reason} at byte {err.start})", number) from None
+            pid, title, text = _parse_collection_line(path, number, line, jsonl)
+            if pid in seen:
+                raise InputError(path, f"duplicate passage id {pid}", number)
+            seen.add(pid)
+            yield number, pid, title, text
+
+
+def _parse_collection_line(path, number: int, line: str, jsonl: bool) -> tuple[str, str, str]:
+    """One collection row as ``(pid, title, text)``, with :func:`iter_collection`'s checks."""
+    if jsonl:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(path, f"malformed JSON ({err.msg} at column {err.colno})", number) from None
+        if not isinstance(record, dict):
+            raise InputError(path, f"expected a JSON object, got {type(record).__name__}", number)
+        pid, title, text = record.get("_id", record.get("docid")), record.get("title") or "", record.get("text")
+    else:
+        fields = line.split("\t")
+        if len(fields) not in (2, 3):
+            raise InputError(path, f"expected 2 or 3 tab-separated columns, found {len(fields)}", number)
+        pid, title, text = fields[0], (fields[1] if len(fields) == 3 else ""), fields[-1]
+    pid = _require_id(path, number, pid, "passage id")
+    if not isinstance(text, str) or not isinstance(title, str):
+        raise InputError(path, f"passage {pid} has no text", number)
+    return pid, title.strip(), text.strip()

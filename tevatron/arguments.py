@@ -1,0 +1,103 @@
+"""Command-line arguments of the training and encoding drivers (Tevatron v1 flag names)."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from typing import List, Optional
+
+import torch
+from transformers import TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "hub id or local directory of the starting model"})
+    config_name: str | None = field(default=None, metadata={"help": "config name or path, if not the model's"})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "tokenizer name or path, if not the model's"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where to store models downloaded from the hub"})
+    untie_encoder: bool = field(default=False, metadata={"help": "separate query and passage encoders"})
+    add_pooler: bool = field(default=False, metadata={"help": "a linear layer on top of the pooled vector"})
+    projection_in_dim: int = field(default=768)
+    projection_out_dim: int = field(default=768)
+    normalize: bool = field(default=False, metadata={"help": "L2-normalise vectors (cosine similarity)"})
+    pooling: str = field(default="cls", metadata={
+        "help": "cls, mean, or auto (follow a sentence-transformers 1_Pooling/config.json, else cls)"})
+    temperature: float = field(default=1.0, metadata={"help": "similarity is divided by this before softmax"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
+
+    def __post_init__(self):
+        if self.pooling not in ("cls", "mean", "auto"):
+            raise ValueError(f"--pooling must be cls, mean or auto, not {self.pooling!r}")
+        if self.temperature <= 0:
+            raise ValueError("--temperature must be positive")
+
+
+@dataclass
+class DataArguments:
+    train_dir: str | None = field(default=None, metadata={
+        "help": "directory of tokenized .json/.jsonl training files, or one such file"})
+    dataset_name: str | None = field(default=None, metadata={"help": "a Hugging Face dataset id (tokenized)"})
+    dataset_split: str = field(default="train")
+    train_n_passages: int = field(default=8, metadata={"help": "one positive plus (n - 1) negatives per query"})
+    q_max_len: int = field(default=32, metadata={"help": "maximum query length in tokens (special tokens included)"})
+    p_max_len: int = field(default=128, metadata={"help": "maximum passage length in tokens"})
+    dataset_proc_num: int = field(default=1, metadata={"help": "processes used to load and check the data"})
+
+    encode_in_path: Optional[List[str]] = field(default=None, metadata={"help": "tokenized file(s) to encode"})
+    encoded_save_path: str | None = field(default=None, metadata={"help": "where to save the encodings"})
+    encode_is_qry: bool = field(default=False, metadata={"help": "encode queries (q_max_len, query encoder)"})
+    encode_num_shard: int = field(default=1, metadata={"help": "split the input into this many shards"})
+    encode_shard_index: int = field(default=0, metadata={"help": "which shard this process encodes"})
+    overwrite: bool = field(default=False, metadata={"help": "re-encode even if the output file is complete"})
+
+    def __post_init__(self):
+        if self.train_n_passages < 1:
+            raise ValueError("--train_n_passages must be at least 1 (the positive)")
+        if not 0 <= self.encode_shard_index < self.encode_num_shard:
+            raise ValueError("--encode_shard_index must be in [0, --encode_num_shard)")
+
+
+def _resolve_mixed_precision(args) -> None:
+    """fp16/bf16 are GPU features here: on CPU fp16 fails and bf16 is ~5x slower, so fall back to fp32."""
+    if not (args.fp16 or args.bf16) or torch.cuda.is_available():
+        return
+    flag = "--fp16" if args.fp16 else "--bf16"
+    logger.warning("%s requested but no CUDA device is available: running in fp32 on CPU "
+                   "(CPU half precision is slower or unsupported)", flag)
+    args.fp16 = False
+    args.bf16 = False
+
+
+@dataclass
+class TevatronTrainingArguments(TrainingArguments):
+    warmup_ratio: float = field(default=0.1)
+    negatives_x_device: bool = field(default=False, metadata={
+        "help": "share passages across processes as extra in-batch negatives"})
+    grad_cache: bool = field(default=False, metadata={"help": "gradient caching: big batches in bounded memory"})
+    gc_q_chunk_size: int = field(default=4, metadata={"help": "queries per chunk under --grad_cache"})
+    gc_p_chunk_size: int = field(default=32, metadata={"help": "passages per chunk under --grad_cache"})
+
+    def __post_init__(self):
+        _resolve_mixed_precision(self)
+        if "warmup_ratio" not in {f.name for f in fields(TrainingArguments)} and not self.warmup_steps and self.warmup_ratio:
+            # transformers 5 dropped warmup_ratio; a float warmup_steps in (0, 1) is read as a ratio there.
+            self.warmup_steps = min(float(self.warmup_ratio), 0.999999)
+        if self.local_rank == -1 and os.environ.get("LOCAL_RANK") is not None:
+            self.local_rank = int(os.environ["LOCAL_RANK"])
+        if self.negatives_x_device and torch.cuda.is_available() is False:
+            # gloo is torch's CPU backend; HF would otherwise pick nothing sensible for CPU DDP.
+            self.ddp_backend = self.ddp_backend or "gloo"
+        super().__post_init__()
+
+
+@dataclass
+class EncodeArguments(TrainingArguments):
+    """Training arguments reused for encoding (``--per_device_eval_batch_size``, ``--fp16``, ...)."""
+    output_dir: str | None = field(default=None)
+
+    def __post_init__(self):
+        _resolve_mixed_precision(self)
+        super().__post_init__()

@@ -1,0 +1,253 @@
+"""Training and encoding datasets and their collators.
+
+Training examples are Tevatron v1's tokenized groups ``{"query": [ids], "positives": [[ids]...],
+"negatives": [[ids]...]}`` (ids without special tokens).  Batches are padded to their longest member.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from .io import InputError, iter_jsonl
+
+logger = logging.getLogger(__name__)
+
+JSON_SUFFIXES = (".json", ".jsonl")
+
+
+def list_data_files(path) -> list[Path]:
+    """A file, or the sorted .json/.jsonl files of a directory (temporary dot-files excluded)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError(path, "no such file or directory")
+    files = sorted(p for p in path.iterdir() if p.suffix in JSON_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise InputError(path, "no .json or .jsonl files in this directory")
+    return files
+
+
+# --------------------------------------------------------------------------- validation
+def _check_ids(path, number, ids, field: str, vocab_size: int | None) -> list[int]:
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise InputError(path, f"{field} must be a list of token ids", number)
+    if not ids:
+        raise InputError(path, f"{field} is empty", number)
+    if vocab_size is not None and ids:
+        low, high = min(ids), max(ids)
+        if low < 0 or high >= vocab_size:
+            bad = low if low < 0 else high
+            raise InputError(path, f"token id {bad} in {field} is outside the vocabulary (size {vocab_size})", number)
+    return ids
+
+
+def validate_train_record(path, number: int, record: dict, vocab_size: int | None, need_negatives: bool) -> dict:
+    """Check one training group; return it with only the fields training uses."""
+    for key in ("query", "positives"):
+        if key not in record:
+            raise InputError(path, f"missing field {key!r}", number)
+    query = _check_ids(path, number, record["query"], "query", vocab_size)
+    positives, negatives = record["positives"], record.get("negatives", [])
+    if not isinstance(positives, list) or not positives:
+        raise InputError(path, "example has no positives", number)
+    if not isinstance(negatives, list):
+        raise InputError(path, "negatives must be a list of token-id lists", number)
+    if need_negatives and not negatives:
+        raise InputError(path, "example has no negatives (needed for --train_n_passages > 1)", number)
+    positives = [_check_ids(path, number, p, "a positive", vocab_size) for p in positives]
+    negatives = [_check_ids(path, number, n, "a negative", vocab_size) for n in negatives]
+    return {"query": query, "positives": positives, "negatives": negatives}
+
+
+def _iter_train_groups(files: Sequence[str], vocab_size: int | None, need_negatives: bool) -> Iterator[dict]:
+    for file in files:
+        for number, record in iter_jsonl(file):
+            yield validate_train_record(file, number, record, vocab_size, need_negatives)
+
+
+def load_train_groups(data_args, vocab_size: int | None, cache_dir: str | None = None):
+    """Load and check training groups into an Arrow-backed ``datasets.Dataset``.
+
+    Files are read by our own reader first so that bad input names its file and line; the result is
+    memory-mapped Arrow, so 500k MS MARCO groups do not sit in Python lists.
+    """
+    import datasets
+
+    need_negatives = data_args.train_n_passages > 1
+    if data_args.train_dir:
+        files = [str(f) for f in list_data_files(data_args.train_dir)]
+        features = datasets.Features({
+            "query": datasets.Sequence(datasets.Value("int32")),
+            "positives": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
+            "negatives": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
+        })
+        fingerprint_parts = [f"{f}:{Path(f).stat().st_size}:{Path(f).stat().st_mtime_ns}" for f in files]
+        groups = _unwrap_input_error(datasets.Dataset.from_generator)(
+            _iter_train_groups, features=features, cache_dir=cache_dir,
+            gen_kwargs={"files": files, "vocab_size": vocab_size, "need_negatives": need_negatives},
+            fingerprint=_stable_hash(fingerprint_parts + [str(vocab_size), str(need_negatives)]),
+        )
+    elif data_args.dataset_name:
+        groups = datasets.load_dataset(data_args.dataset_name, split=data_args.dataset_split, cache_dir=cache_dir)
+    else:
+        raise ValueError("give --train_dir (tokenized files) or --dataset_name")
+    if len(groups) == 0:
+        raise InputError(data_args.train_dir or data_args.dataset_name, "no training examples")
+    return groups
+
+
+def _unwrap_input_error(function):
+    """``datasets`` wraps errors raised in generators; surface our one-line InputError instead."""
+    def wrapped(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except InputError:
+            raise
+        except Exception as err:
+            cause = err
+            while cause is not None and not isinstance(cause, InputError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
+    return wrapped
+
+
+def _stable_hash(parts: Sequence[str]) -> str:
+    import hashlib
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------- group sampling
+def sample_group(group: dict, index: int, epoch: int, seed: int, n_passages: int) -> tuple[list, list]:
+    """Pick one positive and ``n_passages - 1`` negatives for example ``index`` in ``epoch``.
+
+    As in Tevatron v1: the positive rotates with the epoch; negatives are shuffled once per example and
+    a window over them moves each epoch; too few negatives are drawn with replacement.  Everything
+    depends only on (seed, index, epoch), so a resumed run sees the same groups.
+    """
+    example_seed = seed * 1_000_003 + index
+    positives, negatives = group["positives"], group["negatives"]
+    positive = positives[(example_seed + epoch) % len(positives)]
+    n_negatives = n_passages - 1
+    if n_negatives == 0:
+        chosen = []
+    elif len(negatives) < n_negatives:
+        chosen = random.Random(example_seed * 31 + epoch).choices(negatives, k=n_negatives)
+    else:
+        shuffled = list(negatives)
+        random.Random(example_seed).shuffle(shuffled)
+        offset = epoch * n_negatives % len(shuffled)
+        chosen = (shuffled + shuffled)[offset: offset + n_negatives]
+    return group["query"], [positive] + chosen
+
+
+class TrainDataset(Dataset):
+    """Training groups; ``set_epoch`` (called by the trainer) moves positives and negatives along."""
+
+    def __init__(self, groups, n_passages: int, seed: int):
+        self.groups = groups
+        self.n_passages = n_passages
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int):
+        return sample_group(self.groups[index], index, self.epoch, self.seed, self.n_passages)
+
+
+# --------------------------------------------------------------------------- collation
+def special_token_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a single sequence ([CLS] and [SEP] for BERT)."""
+    bare = tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    framed = tokenizer("hello world", add_special_tokens=True)["input_ids"]
+    for start in range(len(framed) - len(bare) + 1):
+        if framed[start: start + len(bare)] == bare:
+            return list(framed[:start]), list(framed[start + len(bare):])
+    raise ValueError(f"cannot find how {type(tokenizer).__name__} adds special tokens")
+
+
+@dataclass
+class SequencePadder:
+    """Adds special tokens, truncates and pads a list of id sequences to the longest one."""
+    tokenizer: object
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self):
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.prefix, self.suffix = special_token_frame(self.tokenizer)
+        self.n_special = len(self.prefix) + len(self.suffix)
+
+    def __call__(self, sequences: Sequence[Sequence[int]], max_len: int, pad_to: int | None = None) -> dict:
+        budget = max(max_len - self.n_special, 0)
+        built = [self.prefix + list(ids[:budget]) + self.suffix for ids in sequences]
+        longest = pad_to or max(len(ids) for ids in built)
+        if self.pad_to_multiple_of:
+            multiple = self.pad_to_multiple_of
+            longest = min(-(-longest // multiple) * multiple, max(max_len, longest))
+        input_ids = torch.full((len(built), longest), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(built), longest), dtype=torch.long)
+        for row, ids in enumerate(built):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@dataclass
+class TrainCollator:
+    padder: SequencePadder
+    q_max_len: int = 32
+    p_max_len: int = 128
+    pad_to_max_length: bool = False  # fixed padding, for equivalence tests and benchmarks
+
+    def __call__(self, features):
+        queries = [query for query, _ in features]
+        passages = [passage for _, group in features for passage in group]
+        return {
+            "query": self.padder(queries, self.q_max_len, self.q_max_len if self.pad_to_max_length else None),
+            "passage": self.padder(passages, self.p_max_len, self.p_max_len if self.pad_to_max_length else None),
+        }
+
+
+# --------------------------------------------------------------------------- encoding input
+def read_encode_records(paths: Sequence[str]) -> tuple[list[str], list[list[int]]]:
+    """Read ``{"text_id", "text": [ids]}`` lines from one or more files, checking every line."""
+    ids: list[str] = []
+    texts: list[list[int]] = []
+    for file in paths:
+        for path in list_data_files(file):
+            for number, record in iter_jsonl(path):
+                if "text_id" not in record or "text" not in record:
+                    missing = "text_id" if "text_id" not in record else "text"
+                    raise InputError(path, f"missing field {missing!r}", number)
+                text = record["text"]
+                if not isinstance(text, list) or not all(isinstance(t, int) for t in text):
+                    raise InputError(path, "text must be a list of token ids", number)
+                ids.append(str(record["text_id"]))
+                texts.append(text)
+    return ids, texts
+
+
+def shard_range(n_items: int, n_shards: int, shard_index: int) -> range:
+    """Contiguous, near-equal slice ``shard_index`` of ``n_items`` (shards concatenate to the whole)."""
+    start = n_items * shard_index // n_shards
+    stop = n_items * (shard_index + 1) // n_shards
+    return range(start, stop)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches of indices in decreasing length, so each batch pads little (the first OOMs early)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,0 +1,78 @@
+"""``python -m tevatron.driver.train``: train a bi-encoder on tokenized (query, positives, negatives) groups."""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sys
+
+from transformers import HfArgumentParser, set_seed
+
+from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingArguments
+from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups
+from tevatron.io import InputError
+from tevatron.modeling import DenseModel
+from tevatron.tokenization import load_tokenizer
+from tevatron.trainer import TevatronTrainer, shutdown_distributed
+
+logger = logging.getLogger("tevatron.driver.train")
+
+
+def parse_args(argv=None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, TevatronTrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv=None) -> int:
+    model_args, data_args, training_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO if training_args.process_index == 0 else logging.WARNING)
+    if (os.path.isdir(training_args.output_dir) and os.listdir(training_args.output_dir)
+            and not training_args.overwrite_output_dir and not training_args.resume_from_checkpoint):
+        has_checkpoints = any(n.startswith("checkpoint-") for n in os.listdir(training_args.output_dir))
+        if not has_checkpoints:
+            raise ValueError(f"output directory {training_args.output_dir} exists and is not empty; "
+                             "use --overwrite_output_dir to train into it")
+    set_seed(training_args.seed)
+
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
+                               cache_dir=model_args.cache_dir)
+    model = DenseModel.build(model_args, negatives_x_device=training_args.negatives_x_device)
+    vocab_size = model.lm_q.get_input_embeddings().num_embeddings
+
+    with training_args.main_process_first(desc="loading training data"):
+        groups = load_train_groups(data_args, vocab_size=vocab_size, cache_dir=model_args.cache_dir)
+    train_dataset = TrainDataset(groups, data_args.train_n_passages, training_args.seed)
+    logger.info("%d training groups, %d passages each", len(train_dataset), data_args.train_n_passages)
+    pad_multiple = 8 if (training_args.fp16 or training_args.bf16) else None  # tensor-core friendly on GPU
+    collator = TrainCollator(SequencePadder(tokenizer, pad_to_multiple_of=pad_multiple),
+                             q_max_len=data_args.q_max_len, p_max_len=data_args.p_max_len)
+
+    trainer = TevatronTrainer(model=model, args=training_args, train_dataset=train_dataset,
+                              data_collator=collator, processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(training_args.output_dir)
+
+    # Drop the model and optimizer before tearing down the process group (gloo aborts otherwise).
+    del trainer, model
+    gc.collect()
+    shutdown_distributed()
+    return 0
+
+
+def run() -> None:
+    try:
+        code = main()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    run()

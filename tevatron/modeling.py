@@ -1,0 +1,232 @@
+"""The bi-encoder: query and passage encoders (tied or not), pooling, an optional linear pooler.
+
+Saved layout (``save``): a tied model is a plain Hugging Face model directory (loads with
+``transformers.AutoModel``) plus ``tevatron_config.json``; an untied one keeps ``query_model/`` and
+``passage_model/``; a pooler is saved as ``pooler.safetensors`` beside them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .loss import contrastive_loss
+
+logger = logging.getLogger(__name__)
+
+TEVATRON_CONFIG = "tevatron_config.json"
+POOLER_WEIGHTS = "pooler.safetensors"
+QUERY_MODEL_DIR, PASSAGE_MODEL_DIR = "query_model", "passage_model"
+
+
+@dataclass
+class DenseConfig:
+    pooling: str = "cls"
+    normalize: bool = False
+    temperature: float = 1.0
+    untie_encoder: bool = False
+    add_pooler: bool = False
+    projection_in_dim: int = 768
+    projection_out_dim: int = 768
+
+
+def sentence_transformers_pooling(model_dir) -> str | None:
+    """The pooling named by a sentence-transformers ``1_Pooling/config.json``, if the model has one."""
+    config_path = Path(model_dir) / "1_Pooling" / "config.json"
+    if not config_path.is_file():
+        return None
+    config = json.loads(config_path.read_text())
+    if config.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if config.get("pooling_mode_cls_token"):
+        return "cls"
+    return None
+
+
+def resolve_pooling(requested: str, model_dir) -> str:
+    """``auto`` follows a sentence-transformers pooling config (else cls); an explicit choice wins."""
+    found = sentence_transformers_pooling(model_dir) if model_dir and Path(model_dir).is_dir() else None
+    if found:
+        logger.info("%s has a sentence-transformers pooling config (%s pooling)%s", model_dir, found,
+                    "; --pooling auto follows it" if requested == "auto"
+                    else f"; using --pooling {requested} as asked")
+    if requested == "auto":
+        return found or "cls"
+    return requested
+
+
+class LinearPooler(nn.Module):
+    """A linear projection of pooled vectors; one shared layer, or one per side when untied."""
+
+    def __init__(self, in_dim: int, out_dim: int, tied: bool = True):
+        super().__init__()
+        self.linear_q = nn.Linear(in_dim, out_dim)
+        self.linear_p = self.linear_q if tied else nn.Linear(in_dim, out_dim)
+        self.tied = tied
+
+    def forward(self, reps: torch.Tensor, is_query: bool) -> torch.Tensor:
+        return (self.linear_q if is_query else self.linear_p)(reps)
+
+    def state_dict_to_save(self) -> dict:
+        state = {"linear_q." + k: v for k, v in self.linear_q.state_dict().items()}
+        if not self.tied:
+            state.update({"linear_p." + k: v for k, v in self.linear_p.state_dict().items()})
+        return {k: v.contiguous() for k, v in state.items()}
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def _load_encoder(name_or_path, model_args=None, **kwargs):
+    from transformers import AutoConfig, AutoModel
+
+    trust = bool(getattr(model_args, "trust_remote_code", False))
+    cache_dir = getattr(model_args, "cache_dir", None)
+    config_name = getattr(model_args, "config_name", None) or name_or_path
+    config = AutoConfig.from_pretrained(config_name, cache_dir=cache_dir, trust_remote_code=trust)
+    return AutoModel.from_pretrained(name_or_path, config=config, cache_dir=cache_dir, trust_remote_code=trust,
+                                     **kwargs)
+
+
+class DenseModel(nn.Module):
+    def __init__(self, lm_q: nn.Module, lm_p: nn.Module | None, config: DenseConfig,
+                 pooler: LinearPooler | None = None, negatives_x_device: bool = False):
+        super().__init__()
+        self.lm_q = lm_q
+        if lm_p is not None:  # registered only when untied: a tied model holds one copy of the weights
+            self.lm_p = lm_p
+        self.pooler = pooler
+        self.dense_config = config
+        self.negatives_x_device = negatives_x_device
+
+    # ------------------------------------------------------------------ encoding
+    @property
+    def passage_encoder(self) -> nn.Module:
+        return self.lm_p if self.dense_config.untie_encoder else self.lm_q
+
+    def _encode(self, batch: dict | None, is_query: bool) -> torch.Tensor | None:
+        if batch is None:
+            return None
+        encoder = self.lm_q if is_query else self.passage_encoder
+        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         return_dict=True).last_hidden_state
+        reps = pool(hidden, batch["attention_mask"], self.dense_config.pooling)
+        if self.pooler is not None:
+            reps = self.pooler(reps, is_query)
+        if self.dense_config.normalize:
+            reps = F.normalize(reps, dim=-1)
+        return reps
+
+    def encode_query(self, batch: dict) -> torch.Tensor:
+        return self._encode(batch, is_query=True)
+
+    def encode_passage(self, batch: dict) -> torch.Tensor:
+        return self._encode(batch, is_query=False)
+
+    def compute_loss(self, q_reps: torch.Tensor, p_reps: torch.Tensor) -> torch.Tensor:
+        return contrastive_loss(q_reps, p_reps, self.dense_config.temperature, self.negatives_x_device)
+
+    def forward(self, query: dict | None = None, passage: dict | None = None) -> dict:
+        """Encode whatever is given; with both, also return the contrastive loss."""
+        q_reps, p_reps = self.encode_query(query), self.encode_passage(passage)
+        output = {"q_reps": q_reps, "p_reps": p_reps}
+        if q_reps is not None and p_reps is not None:
+            output["loss"] = self.compute_loss(q_reps, p_reps)
+        return output
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        for encoder in {id(m): m for m in (self.lm_q, self.passage_encoder)}.values():
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    # ------------------------------------------------------------------ build / load / save
+    @classmethod
+    def build(cls, model_args, negatives_x_device: bool = False, **hf_kwargs) -> "DenseModel":
+        """A fresh bi-encoder from a pretrained language model, for training."""
+        path = model_args.model_name_or_path
+        config = DenseConfig(pooling=resolve_pooling(model_args.pooling, path), normalize=model_args.normalize,
+                             temperature=model_args.temperature, untie_encoder=model_args.untie_encoder,
+                             add_pooler=model_args.add_pooler, projection_in_dim=model_args.projection_in_dim,
+                             projection_out_dim=model_args.projection_out_dim)
+        if Path(path, QUERY_MODEL_DIR).is_dir():  # continue from an untied checkpoint
+            lm_q = _load_encoder(Path(path, QUERY_MODEL_DIR), model_args, **hf_kwargs)
+            lm_p = _load_encoder(Path(path, PASSAGE_MODEL_DIR), model_args, **hf_kwargs)
+            config.untie_encoder = True
+        else:
+            lm_q = _load_encoder(path, model_args, **hf_kwargs)
+            lm_p = None
+            if config.untie_encoder:
+                import copy
+                lm_p = copy.deepcopy(lm_q)
+        pooler = None
+        if config.add_pooler:
+            pooler = LinearPooler(config.projection_in_dim, config.projection_out_dim, tied=not config.untie_encoder)
+            if Path(path, POOLER_WEIGHTS).is_file():
+                cls._load_pooler_weights(pooler, Path(path, POOLER_WEIGHTS))
+        logger.info("built %s bi-encoder from %s: %s pooling%s%s", "untied" if config.untie_encoder else "tied",
+                    path, config.pooling, ", linear pooler" if pooler else "", ", normalized" if config.normalize else "")
+        return cls(lm_q, lm_p, config, pooler, negatives_x_device=negatives_x_device)
+
+    @classmethod
+    def load(cls, model_name_or_path, model_args=None, pooling: str | None = None,
+             normalize: bool | None = None, **hf_kwargs) -> "DenseModel":
+        """Load a model saved by :meth:`save` (or any Hugging Face encoder) for encoding."""
+        path = Path(model_name_or_path)
+        saved = {}
+        if (path / TEVATRON_CONFIG).is_file():
+            saved = json.loads((path / TEVATRON_CONFIG).read_text())
+        config = DenseConfig(**{k: v for k, v in saved.items() if k in DenseConfig.__dataclass_fields__})
+        if not saved:  # a plain language model: take the caller's choices
+            config.pooling = resolve_pooling(pooling or "cls", model_name_or_path)
+            config.normalize = bool(normalize)
+            if model_args is not None and model_args.add_pooler:
+                raise ValueError(f"{model_name_or_path} has no trained pooler ({POOLER_WEIGHTS})")
+        elif pooling not in (None, "auto", config.pooling):
+            logger.warning("%s was trained with %s pooling; using it, not --pooling %s", path, config.pooling,
+                           pooling)
+        if (path / QUERY_MODEL_DIR).is_dir():
+            config.untie_encoder = True
+            lm_q = _load_encoder(path / QUERY_MODEL_DIR, model_args, **hf_kwargs)
+            lm_p = _load_encoder(path / PASSAGE_MODEL_DIR, model_args, **hf_kwargs)
+        else:
+            lm_q, lm_p = _load_encoder(model_name_or_path, model_args, **hf_kwargs), None
+        pooler = None
+        if config.add_pooler:
+            pooler = LinearPooler(config.projection_in_dim, config.projection_out_dim, tied=not config.untie_encoder)
+            cls._load_pooler_weights(pooler, path / POOLER_WEIGHTS)
+        return cls(lm_q, lm_p, config, pooler)
+
+    @staticmethod
+    def _load_pooler_weights(pooler: LinearPooler, weights_path: Path) -> None:
+        from safetensors.torch import load_file
+        state = load_file(str(weights_path))
+        pooler.linear_q.load_state_dict({k[len("linear_q."):]: v for k, v in state.items() if k.startswith("linear_q.")})
+        if not pooler.tied:
+            pooler.linear_p.load_state_dict({k[len("linear_p."):]: v for k, v in state.items()
+                                             if k.startswith("linear_p.")})
+
+    def save(self, output_dir) -> None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if self.dense_config.untie_encoder:
+            self.lm_q.save_pretrained(output_dir / QUERY_MODEL_DIR)
+            self.lm_p.save_pretrained(output_dir / PASSAGE_MODEL_DIR)
+        else:
+            self.lm_q.save_pretrained(output_dir)
+        if self.pooler is not None:
+            from safetensors.torch import save_file
+            save_file(self.pooler.state_dict_to_save(), str(output_dir / POOLER_WEIGHTS))
+        (output_dir / TEVATRON_CONFIG).write_text(json.dumps(asdict(self.dense_config), indent=2) + "\n")
+
+    def load_weights_from(self, checkpoint_dir) -> None:
+        """Load weights saved by :meth:`save` into this model in place (used to resume training)."""
+        loaded = DenseModel.load(checkpoint_dir)
+        self.load_state_dict(loaded.state_dict())

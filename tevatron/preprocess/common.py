@@ -1,0 +1,92 @@
+"""Helpers every preprocessing step shares: one-line CLI errors, completion markers, TSV-safe text.
+
+Each step is resumable: single-file outputs are written atomically (so an existing file is a finished
+file), and directory outputs get a ``.complete`` marker, written last, that records the parameters
+they were built with.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tevatron.io import InputError, atomic_text_writer
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = ".complete"
+
+
+class PreprocessError(RuntimeError):
+    """A problem the user has to fix that is not a malformed file (offline download, unknown source)."""
+
+
+# --------------------------------------------------------------------------- command lines
+def configure_logging() -> None:
+    """INFO-level logs with timestamps: the steps are long and the timings matter."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Run ``main``; bad input becomes one ``error: file:line: message`` line and exit status 1.
+
+    Tracebacks are for bugs; a user who fed a malformed file needs the file and line, nothing else.
+    """
+    configure_logging()
+    try:
+        main(argv)
+    except (InputError, PreprocessError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- completion markers
+def read_complete_marker(directory) -> dict | None:
+    """The parameters a finished directory output was built with, or None if it is not finished."""
+    marker = Path(directory) / COMPLETE_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(directory, params: dict) -> bool:
+    """True when ``directory`` was finished with exactly ``params`` (so rebuilding would change nothing)."""
+    recorded = read_complete_marker(directory)
+    return recorded is not None and recorded.get("params") == params
+
+
+def mark_complete(directory, params: dict, stats: dict | None = None) -> None:
+    """Record that ``directory`` is finished; written last, atomically, so it never lies."""
+    with atomic_text_writer(Path(directory) / COMPLETE_MARKER) as out:
+        json.dump({"params": params, "stats": stats or {}}, out, indent=1, sort_keys=True)
+        out.write("\n")
+
+
+def clear_complete_marker(directory) -> None:
+    """Forget a finished state before rewriting a directory, so a crash mid-way is not taken as done."""
+    (Path(directory) / COMPLETE_MARKER).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- text fields
+def tsv_safe(text: str) -> str:
+    """``text`` with tabs and line breaks turned into spaces, so it fits one TSV field."""
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ").strip()
+
+
+def real_title(title: str | None) -> str:
+    """RocketQA marks a missing title with '-'; downstream, no title is the empty string."""
+    title = (title or "").strip()
+    return "" if title == "-" else title
+
+
+def check_id(path, number: int | None, value: str, what: str) -> str:
+    """An id that can be written into a TSV column (no tabs or line breaks)."""
+    if any(ch in value for ch in "\t\r\n"):
+        raise InputError(path, f"{what} {value!r} contains a tab or line break", number)
+    return value
