@@ -79,6 +79,8 @@ class TevatronTrainingArguments(TrainingArguments):
     grad_cache: bool = field(default=False, metadata={"help": "gradient caching: big batches in bounded memory"})
     gc_q_chunk_size: int = field(default=4, metadata={"help": "queries per chunk under --grad_cache"})
     gc_p_chunk_size: int = field(default=32, metadata={"help": "passages per chunk under --grad_cache"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "train into a non-empty output directory (otherwise its last checkpoint is resumed)"})
 
     def __post_init__(self):
         _resolve_mixed_precision(self)

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from .loss import at_least_fp32
+
 
 def split_batch(batch: dict, chunk_size: int) -> list[dict]:
     n_rows = batch["input_ids"].shape[0]
@@ -66,8 +68,8 @@ def grad_cache_step(model, query: dict, passage: dict, q_chunk_size: int, p_chun
                 p_reps.append(model(passage=chunk)["p_reps"])
 
     # 2. loss and its gradient with respect to the cached vectors
-    q_cache = torch.cat(q_reps).float().detach().requires_grad_()
-    p_cache = torch.cat(p_reps).float().detach().requires_grad_()
+    q_cache = at_least_fp32(torch.cat(q_reps)).detach().requires_grad_()
+    p_cache = at_least_fp32(torch.cat(p_reps)).detach().requires_grad_()
     loss = compute_loss(q_cache, p_cache)
     # plain autograd here: a loss scaler (fp16) is applied once, in the re-forward's backward
     q_grad, p_grad = torch.autograd.grad(loss * loss_scale, [q_cache, p_cache])
@@ -82,7 +84,7 @@ def grad_cache_step(model, query: dict, passage: dict, q_chunk_size: int, p_chun
             with rng_state.restored():
                 with autocast():
                     reps = model(**{side: chunk})["q_reps" if side == "query" else "p_reps"]
-                surrogate = torch.dot(reps.float().flatten(), grad.flatten())
+                surrogate = torch.dot(at_least_fp32(reps).flatten(), grad.flatten())
             backward(surrogate)
     if hasattr(model, "no_sync"):
         all_reduce_gradients(model.parameters())

@@ -450,3 +450,24 @@ def _parse_collection_line(path, number: int, line: str, jsonl: bool) -> tuple[s
     if not isinstance(text, str) or not isinstance(title, str):
         raise InputError(path, f"passage {pid} has no text", number)
     return pid, title.strip(), text.strip()
+
+
+# --------------------------------------------------------------------------- run files for official tools
+def write_marco_run(path, ranking: Iterable[tuple[str, Sequence[tuple[str, object]]]]) -> None:
+    """Write an MS MARCO run, ``qid\\tpid\\trank`` (rank from 1), from ``(qid, hits)`` groups best first."""
+    with atomic_text_writer(path) as out:
+        for qid, hits in ranking:
+            for rank, (pid, _score) in enumerate(hits, start=1):
+                out.write(f"{qid}\t{pid}\t{rank}\n")
+
+
+def write_trec_run(path, ranking: Iterable[tuple[str, Sequence[tuple[str, object]]]], tag: str = "tevatron") -> None:
+    """Write a TREC run, ``qid Q0 pid rank score tag`` (space-separated), from ``(qid, hits)`` groups best first.
+
+    Scores are written as given (strings pass through unchanged, so no precision is lost)."""
+    if not tag or any(ch.isspace() for ch in tag):
+        raise ValueError(f"TREC run tag must be one non-empty word, got {tag!r}")
+    with atomic_text_writer(path) as out:
+        for qid, hits in ranking:
+            for rank, (pid, score) in enumerate(hits, start=1):
+                out.write(f"{qid} Q0 {pid} {rank} {score} {tag}\n")

@@ -42,6 +42,11 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(gathered, dim=0)
 
 
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """Scores and softmax in fp32 (or fp64) even when the encoder ran in half precision."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def similarity(q_reps: torch.Tensor, p_reps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return torch.matmul(q_reps, p_reps.transpose(0, 1)) / temperature
 
@@ -57,7 +62,7 @@ def contrastive_loss(q_reps: torch.Tensor, p_reps: torch.Tensor, temperature: fl
     if negatives_x_device:
         _, world = distributed_world()
         q_reps, p_reps = gather_with_grad(q_reps), gather_with_grad(p_reps)
-    scores = similarity(q_reps.float(), p_reps.float(), temperature)
+    scores = similarity(at_least_fp32(q_reps), at_least_fp32(p_reps), temperature)
     group_size = p_reps.shape[0] // q_reps.shape[0]
     target = torch.arange(q_reps.shape[0], device=scores.device) * group_size
     loss = F.cross_entropy(scores, target)

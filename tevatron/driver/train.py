@@ -26,16 +26,26 @@ def parse_args(argv=None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def _checkpoint_to_resume(output_dir) -> str | None:
+    """The last checkpoint of an interrupted run in ``output_dir``; refuse other non-empty folders."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return None
+    last = get_last_checkpoint(output_dir)
+    if last is None:
+        raise InputError(output_dir, "output directory is not empty and holds no checkpoint; "
+                         "use --overwrite_output_dir to train into it")
+    logger.info("resuming the interrupted run from %s", last)
+    return last
+
+
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO if training_args.process_index == 0 else logging.WARNING)
-    if (os.path.isdir(training_args.output_dir) and os.listdir(training_args.output_dir)
-            and not training_args.overwrite_output_dir and not training_args.resume_from_checkpoint):
-        has_checkpoints = any(n.startswith("checkpoint-") for n in os.listdir(training_args.output_dir))
-        if not has_checkpoints:
-            raise ValueError(f"output directory {training_args.output_dir} exists and is not empty; "
-                             "use --overwrite_output_dir to train into it")
+    if training_args.resume_from_checkpoint is None and not training_args.overwrite_output_dir:
+        training_args.resume_from_checkpoint = _checkpoint_to_resume(training_args.output_dir)
     set_seed(training_args.seed)
 
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,

@@ -90,3 +90,48 @@ def check_id(path, number: int | None, value: str, what: str) -> str:
     if any(ch in value for ch in "\t\r\n"):
         raise InputError(path, f"{what} {value!r} contains a tab or line break", number)
     return value
+
+
+STARTED_MARKER = ".started"
+
+
+def start_directory_output(directory, params: dict, output_glob: str) -> bool:
+    """Get ``directory`` ready for a (possibly resumed) run; True when it is already complete.
+
+    Files matching ``output_glob`` left by a run with the same ``params`` are kept (each was written
+    atomically, so each is finished); files from a run with other parameters are deleted, because
+    mixing them would silently produce a corrupt data set.
+    """
+    directory = Path(directory)
+    if is_complete(directory, params):
+        return True
+    started = directory / STARTED_MARKER
+    recorded = read_complete_marker(directory)
+    try:
+        previous = json.loads(started.read_text(encoding="utf-8")) if started.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        previous = {}
+    stale = (recorded is not None) or (previous is not None and previous != params)
+    if stale:
+        removed = sorted(directory.glob(output_glob))
+        for path in removed:
+            path.unlink()
+        if removed:
+            logger.info("%s: removed %d files built with other parameters", directory, len(removed))
+    clear_complete_marker(directory)
+    with atomic_text_writer(started) as out:
+        json.dump(params, out, sort_keys=True)
+    return False
+
+
+def finish_directory_output(directory, params: dict, stats: dict | None = None) -> None:
+    """Mark ``directory`` complete and drop the in-progress record."""
+    mark_complete(directory, params, stats)
+    (Path(directory) / STARTED_MARKER).unlink(missing_ok=True)
+
+
+def file_signature(path) -> dict:
+    """Path, size and modification time of an input, so a completion marker goes stale when it changes."""
+    path = Path(path)
+    stat = path.stat()
+    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}

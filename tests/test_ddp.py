@@ -1,0 +1,74 @@
+"""Cross-process negatives under torchrun (gloo, CPU): equal to one process with the whole batch."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import REPO_ROOT, run_module, toy_groups, write_jsonl
+from test_train import build_model, loss_and_grads, make_batch
+from tevatron.gradcache import grad_cache_step
+from tevatron.tokenization import load_tokenizer
+
+WORLD = 2
+
+
+def torchrun(*args, timeout=600):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
+               "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", *map(str, args)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def split_batches(tiny_bert_dir, tmp_path_factory):
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
+    groups = toy_groups(8, seed=5)
+    whole = make_batch(tokenizer, groups)
+    per_rank = len(groups) // WORLD
+    parts = [make_batch(tokenizer, groups[r * per_rank:(r + 1) * per_rank]) for r in range(WORLD)]
+    # each rank's groups must sample exactly as in the whole batch (index-seeded): rebuild from whole
+    for r, part in enumerate(parts):
+        for side in ("query", "passage"):
+            size = part[side]["input_ids"].shape[0]
+            rows = slice(r * size, (r + 1) * size)
+            width = int(whole[side]["attention_mask"][rows].sum(1).max())
+            part[side] = {k: v[rows, :width].contiguous() for k, v in whole[side].items()}
+    path = tmp_path_factory.mktemp("ddp") / "batches.pt"
+    torch.save(parts, path)
+    return whole, path
+
+
+@pytest.mark.parametrize("mode", ["plain", "grad_cache"])
+def test_two_processes_equal_one_with_double_batch(tiny_bert_dir, split_batches, tmp_path, mode):
+    whole, batches_path = split_batches
+    model = build_model(tiny_bert_dir).double()
+    if mode == "grad_cache":
+        model.zero_grad()
+        reference_loss = grad_cache_step(model, whole["query"], whole["passage"], 3, 5, model.compute_loss)
+        reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    else:
+        reference_loss, reference = loss_and_grads(model, whole)
+    result = torchrun(REPO_ROOT / "tests" / "ddp_worker.py", tiny_bert_dir, batches_path, tmp_path / "out.pt", mode)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert torch.allclose(got["loss"], reference_loss, atol=1e-10), (got["loss"], reference_loss)
+    assert got["grads"].keys() == reference.keys()
+    for name, grad in reference.items():
+        assert torch.allclose(got["grads"][name], grad, atol=1e-12, rtol=1e-7), name
+
+
+def test_driver_under_torchrun_exits_cleanly(tiny_bert_dir, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", toy_groups(16))
+    for attempt in range(2):  # gloo used to abort at exit in some launches: run it more than once
+        out = tmp_path / f"out{attempt}"
+        result = torchrun("-m", "tevatron.driver.train", "--output_dir", out, "--model_name_or_path", tiny_bert_dir,
+                          "--train_dir", data, "--per_device_train_batch_size", 2, "--train_n_passages", 3,
+                          "--negatives_x_device", "--max_steps", 3, "--save_steps", 100,
+                          "--cache_dir", tmp_path / "cache", "--dataloader_num_workers", 0)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert (out / "model.safetensors").is_file()

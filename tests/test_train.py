@@ -1,0 +1,221 @@
+"""Training: loss goes down, save/load round trips, padding/grad-cache/resume equivalence, bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from helpers import error_lines, run_module, toy_groups, write_jsonl
+from tevatron.arguments import DataArguments, ModelArguments
+from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups, sample_group
+from tevatron.gradcache import grad_cache_step
+from tevatron.io import InputError
+from tevatron.modeling import DenseModel
+from tevatron.tokenization import load_tokenizer
+
+
+def build_model(path, **overrides) -> DenseModel:
+    args = ModelArguments(model_name_or_path=str(path), projection_in_dim=32, projection_out_dim=16, **overrides)
+    return DenseModel.build(args)
+
+
+def make_batch(tokenizer, groups, n_passages=4, epoch=0, fixed=False):
+    features = [sample_group(g, i, epoch, 42, n_passages) for i, g in enumerate(groups)]
+    collator = TrainCollator(SequencePadder(tokenizer), q_max_len=16, p_max_len=80, pad_to_max_length=fixed)
+    return collator(features)
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad()
+    loss = model(**batch)["loss"]
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bert_dir):
+    return load_tokenizer(str(tiny_bert_dir))
+
+
+def test_group_sampling_rotates_and_is_reproducible():
+    group = {"query": [1], "positives": [[10], [11]], "negatives": [[n] for n in range(100, 110)]}
+    first = sample_group(group, 3, 0, 42, 4)
+    assert first == sample_group(group, 3, 0, 42, 4)
+    second = sample_group(group, 3, 1, 42, 4)
+    assert first[1][0] != second[1][0], "positive rotates with the epoch"
+    assert set(map(tuple, first[1][1:])).isdisjoint(map(tuple, second[1][1:])), "negative window moves"
+    few = {"query": [1], "positives": [[10]], "negatives": [[100], [101]]}
+    assert len(sample_group(few, 0, 0, 42, 8)[1]) == 8, "too few negatives are drawn with replacement"
+    other_seed = [sample_group(group, i, 0, 7, 4) for i in range(5)]
+    assert other_seed != [sample_group(group, i, 0, 42, 4) for i in range(5)], "the seed matters"
+
+
+def test_a_few_steps_lower_the_loss(tiny_bert_dir, tokenizer):
+    torch.manual_seed(0)
+    model = build_model(tiny_bert_dir)
+    groups = toy_groups(16)
+    batch = make_batch(tokenizer, groups)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = model(**batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.75, losses
+
+
+def test_dynamic_padding_equals_fixed_padding(tiny_bert_dir, tokenizer):
+    for pooling in ("cls", "mean"):
+        model = build_model(tiny_bert_dir, pooling=pooling)
+        groups = toy_groups(6)
+        dynamic, fixed = make_batch(tokenizer, groups), make_batch(tokenizer, groups, fixed=True)
+        assert dynamic["passage"]["input_ids"].shape[1] < fixed["passage"]["input_ids"].shape[1]
+        loss_d, grads_d = loss_and_grads(model, dynamic)
+        loss_f, grads_f = loss_and_grads(model, fixed)
+        assert torch.allclose(loss_d, loss_f, atol=1e-5)
+        for name in grads_f:
+            assert torch.allclose(grads_d[name], grads_f[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_grad_cache_equals_plain_step(tiny_bert_dir, tokenizer):
+    for untie in (False, True):
+        model = build_model(tiny_bert_dir, untie_encoder=untie, add_pooler=True)
+        batch = make_batch(tokenizer, toy_groups(8))
+        loss_plain, grads_plain = loss_and_grads(model, batch)
+        model.zero_grad()
+        loss_cached = grad_cache_step(model, batch["query"], batch["passage"], 3, 5, model.compute_loss)
+        grads_cached = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert torch.allclose(loss_plain, loss_cached, atol=1e-5)
+        assert grads_plain.keys() == grads_cached.keys()
+        for name in grads_plain:
+            assert torch.allclose(grads_plain[name], grads_cached[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_grad_cache_with_dropout_matches(tmp_path, tokenizer):
+    """The re-forward must replay the same dropout masks as the cached forward."""
+    from conftest import make_tiny_bert
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path / "dropout_bert"
+    make_tiny_bert(path)
+    config = BertConfig.from_pretrained(path)
+    config.hidden_dropout_prob = 0.2
+    BertModel.from_pretrained(path, config=config).save_pretrained(path)
+    model = build_model(path)
+    model.train()
+    batch = make_batch(tokenizer, toy_groups(4))
+    torch.manual_seed(3)
+    _, grads_plain_first = loss_and_grads(model, {"query": batch["query"], "passage": batch["passage"]})
+    torch.manual_seed(3)
+    model.zero_grad()
+    # chunk sizes equal to the whole batch replay exactly the plain step's random draws
+    grad_cache_step(model, batch["query"], batch["passage"], 4, 16, model.compute_loss)
+    for name, param in model.named_parameters():
+        if param.grad is not None and name in grads_plain_first:
+            assert torch.isfinite(param.grad).all()
+
+
+@pytest.mark.parametrize("variant", [{}, {"untie_encoder": True}, {"add_pooler": True},
+                                     {"add_pooler": True, "untie_encoder": True, "normalize": True}])
+def test_save_then_load_gives_identical_vectors(tiny_bert_dir, tokenizer, tmp_path, variant):
+    torch.manual_seed(1)
+    model = build_model(tiny_bert_dir, **variant)
+    if model.pooler is not None:  # make the pooler non-trivial
+        torch.nn.init.normal_(model.pooler.linear_q.weight)
+    model.eval()
+    batch = make_batch(tokenizer, toy_groups(4))
+    model.save(tmp_path / "saved")
+    loaded = DenseModel.load(tmp_path / "saved").eval()
+    with torch.no_grad():
+        for side in ("query", "passage"):
+            before = model(**{side: batch[side]})
+            after = loaded(**{side: batch[side]})
+            key = "q_reps" if side == "query" else "p_reps"
+            assert torch.equal(before[key], after[key])
+    if not variant.get("untie_encoder"):
+        plain = AutoModel.from_pretrained(tmp_path / "saved")
+        assert torch.equal(plain.embeddings.word_embeddings.weight, model.lm_q.embeddings.word_embeddings.weight)
+
+
+def test_pooling_auto_follows_sentence_transformers_config(minilm_dir, caplog):
+    args = ModelArguments(model_name_or_path=str(minilm_dir), pooling="auto")
+    with caplog.at_level("INFO"):
+        model = DenseModel.build(args)
+    assert model.dense_config.pooling == "mean"
+    assert "sentence-transformers pooling config" in caplog.text
+
+
+# ----------------------------------------------------------------------------- bad input
+BAD_INPUTS = {
+    "malformed JSON": ('{"query": [1, 2], "positives": [[3]]\n', "malformed JSON"),
+    "missing query": ('{"positives": [[3]], "negatives": [[4]]}\n', "missing field 'query'"),
+    "missing positives": ('{"query": [1], "negatives": [[4]]}\n', "missing field 'positives'"),
+    "no positives": ('{"query": [1], "positives": [], "negatives": [[4]]}\n', "no positives"),
+    "id outside vocab": ('{"query": [1], "positives": [[99999999]], "negatives": [[4]]}\n', "outside the vocabulary"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_training_input_names_file_and_line(tmp_path, case):
+    text, message = BAD_INPUTS[case]
+    good = json.dumps({"query": [1], "positives": [[2]], "negatives": [[3]]}) + "\n"
+    path = tmp_path / "train.jsonl"
+    path.write_text(good + text)
+    args = DataArguments(train_dir=str(path), train_n_passages=2)
+    with pytest.raises(InputError) as err:
+        load_train_groups(args, vocab_size=30522, cache_dir=str(tmp_path / "cache"))
+    assert str(err.value).startswith(f"{path}:2: ") and message in str(err.value)
+
+
+def test_driver_bad_input_is_one_line(tmp_path, tiny_bert_dir):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"query": [1], "positives": [[2]], "negatives": [[3]]}\n{"query": [1], "negatives": [[3]]}\n')
+    result = run_module("tevatron.driver.train", "--output_dir", tmp_path / "out", "--model_name_or_path",
+                        tiny_bert_dir, "--train_dir", path, "--train_n_passages", 2, "--max_steps", 1,
+                        "--cache_dir", tmp_path / "cache")
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [f"error: {path}:2: missing field 'positives'"]
+    assert "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- the driver end to end
+def _train(tmp_path, model_dir, out, *extra):
+    data = write_jsonl(tmp_path / "data" / "train.jsonl", toy_groups(24))
+    return run_module("tevatron.driver.train", "--output_dir", out, "--model_name_or_path", model_dir,
+                      "--train_dir", data.parent, "--per_device_train_batch_size", 4, "--train_n_passages", 3,
+                      "--learning_rate", 1e-3, "--seed", 7, "--logging_steps", 1, "--q_max_len", 16,
+                      "--p_max_len", 48, "--cache_dir", tmp_path / "cache", "--save_strategy", "steps",
+                      "--dataloader_num_workers", 0, *extra)
+
+
+def test_fp16_on_cpu_falls_back_with_a_message(tmp_path, tiny_bert_dir):
+    result = _train(tmp_path, tiny_bert_dir, tmp_path / "out", "--fp16", "--max_steps", 2, "--save_steps", 100)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--fp16 requested but no CUDA device" in result.stderr
+    saved = json.loads((tmp_path / "out" / "tevatron_config.json").read_text())
+    assert saved["pooling"] == "cls"
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, tiny_bert_dir):
+    """12 steps over 2 epochs straight, versus resuming the same schedule from its step-6 checkpoint in a
+    fresh output directory (as after a run killed between step 6 and 12)."""
+    import shutil
+
+    common = ("--num_train_epochs", 2, "--save_steps", 6)
+    straight = _train(tmp_path, tiny_bert_dir, tmp_path / "straight", *common)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    checkpoint = tmp_path / "resumed" / "checkpoint-6"
+    shutil.copytree(tmp_path / "straight" / "checkpoint-6", checkpoint)
+    resumed = _train(tmp_path, tiny_bert_dir, tmp_path / "resumed", *common, "--resume_from_checkpoint", checkpoint)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = DenseModel.load(tmp_path / "straight").state_dict()
+    b = DenseModel.load(tmp_path / "resumed").state_dict()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    midway = DenseModel.load(checkpoint).state_dict()
+    assert any(not torch.equal(midway[n], a[n]) for n in a), "the resumed run trained further"

@@ -1,0 +1,365 @@
+"""Exact inner-product search of query encodings against (sharded) passage encodings.
+
+Two backends return the same ranking:
+
+* ``torch`` multiplies query batches with passage blocks (one GEMM each) and keeps a running top-k.
+  On CPU it runs close to the fp32 matmul peak, because the only per-element work besides the GEMM
+  is either one ``topk`` (first blocks) or one comparison against the running k-th score.
+* ``faiss`` uses ``IndexFlatIP``; it is kept so that other FAISS index types can be plugged in,
+  but the bundled OpenBLAS makes its flat search several times slower here.
+
+Ranking rule (both backends): score descending, then passage position ascending, where the position
+is the row in the concatenation of the sorted shard files.  FAISS alone breaks ties arbitrarily, so
+its output is normalised to this rule.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tevatron.io import InputError, load_encodings, save_shard_ranking, write_ranking
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "faiss")
+# Score-matrix elements per (query batch x passage block) GEMM: 2^25 floats = 128 MiB.  Large enough
+# for the GEMM to run at full speed, small enough to stay bounded whatever the batch size.
+SCORE_BLOCK_ELEMENTS = 1 << 25
+MIN_BLOCK_ROWS = 1024
+MAX_BLOCK_ROWS = 1 << 16
+
+
+@dataclass
+class SearchArguments:
+    """Command-line flags (Tevatron v1 names)."""
+
+    query_reps: str = field(metadata={"help": "query encodings file (tevatron.io.save_encodings)"})
+    passage_reps: str = field(metadata={"help": "passage encodings file, or a glob of shards (searched in sorted order)"})
+    save_ranking_to: str = field(metadata={"help": "output: binary shard ranking, or text with --save_text"})
+    depth: int = field(default=1000, metadata={"help": "passages returned per query"})
+    batch_size: int = field(default=4096, metadata={"help": "queries searched together"})
+    save_text: bool = field(default=False, metadata={"help": "write 'qid<TAB>pid<TAB>score' text instead of binary"})
+    backend: str = field(default="auto", metadata={"help": "auto (= torch), torch or faiss", "choices": list(BACKENDS)})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output instead of skipping"})
+    passage_block_size: int = field(default=0, metadata={"help": "passages per GEMM block (torch; 0 = automatic)"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar"})
+
+
+@dataclass
+class PassageShards:
+    """Passage vectors kept as the (memory-mapped) shard tensors, so nothing is concatenated."""
+
+    paths: list[Path]
+    reps: list[torch.Tensor]
+    ids: list[str]
+
+    @property
+    def dim(self) -> int:
+        return int(self.reps[0].shape[1])
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+
+class Searcher(Protocol):
+    def search(self, queries: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(scores [q, k], positions [q, k])`` with ``k = min(depth, passages)``."""
+
+
+# --------------------------------------------------------------------------- loading
+def resolve_shard_paths(pattern: str) -> list[Path]:
+    """One existing file, or the sorted matches of a glob (sorted so positions are reproducible)."""
+    if Path(pattern).is_file():
+        return [Path(pattern)]
+    paths = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
+    if not paths:
+        raise InputError(pattern, "no passage encodings file matches")
+    return paths
+
+
+def load_passage_shards(pattern: str) -> PassageShards:
+    """Load every shard (memory-mapped) and check they share one dimension."""
+    paths = resolve_shard_paths(pattern)
+    reps, ids = [], []
+    for path in paths:
+        shard_reps, shard_ids = load_encodings(path)
+        if reps and shard_reps.shape[1] != reps[0].shape[1]:
+            raise InputError(path, f"vectors have dimension {shard_reps.shape[1]}, "
+                                   f"but {paths[0]} has dimension {reps[0].shape[1]}")
+        if shard_reps.shape[0]:
+            reps.append(shard_reps)
+            ids.extend(shard_ids)
+    if not ids:
+        raise InputError(pattern, "no passage vectors found")
+    return PassageShards(paths, reps, ids)
+
+
+def load_queries(path, passages: PassageShards) -> tuple[torch.Tensor, list[str]]:
+    """Load query encodings, refusing a dimension that cannot be multiplied with the passages."""
+    query_reps, query_ids = load_encodings(path)
+    if query_reps.shape[1] != passages.dim:
+        raise InputError(path, f"query vectors have dimension {query_reps.shape[1]}, but passage vectors in "
+                               f"{passages.paths[0]} have dimension {passages.dim}")
+    return query_reps, query_ids
+
+
+# --------------------------------------------------------------------------- exact top-k helpers
+def order_by_score_then_position(scores: torch.Tensor, positions: torch.Tensor
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row by score descending, ties by position ascending (two small [q, k] sorts)."""
+    positions, by_position = positions.sort(dim=1)
+    scores = scores.gather(1, by_position)
+    scores, by_score = scores.sort(dim=1, descending=True, stable=True)
+    return scores, positions.gather(1, by_score)
+
+
+def exact_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` columns per row under the ranking rule, exact even when ties straddle the k-th place.
+
+    ``torch.topk`` picks arbitrarily among tied values, so we ask for ``k + 1``: a row whose k-th and
+    (k+1)-th values differ has exactly k candidates; the rare rows where they are equal are redone
+    from the full score row, taking the lowest columns among the tied values.
+    """
+    columns = scores.shape[1]
+    if columns <= k:
+        values, order = scores.sort(dim=1, descending=True, stable=True)
+        return values, order
+    values, order = torch.topk(scores, k + 1, dim=1)
+    tied_rows = (values[:, k - 1] == values[:, k]).nonzero().flatten().tolist()
+    values, order = values[:, :k].contiguous(), order[:, :k].contiguous()
+    for row in tied_rows:
+        kth = values[row, k - 1]
+        above = (scores[row] > kth).nonzero().flatten()
+        tied = (scores[row] == kth).nonzero().flatten()[: k - above.numel()]
+        order[row] = torch.cat([above, tied])
+        values[row] = scores[row, order[row]]
+    return order_by_score_then_position(values, order)
+
+
+def merge_topk(scores_a, positions_a, scores_b, positions_b, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two ranked lists per row where every position in ``a`` precedes every one in ``b``.
+
+    A stable sort of the concatenation keeps ``a`` ahead of ``b`` on equal scores, which is exactly
+    the lower-position-first rule.
+    """
+    scores = torch.cat([scores_a, scores_b], dim=1)
+    positions = torch.cat([positions_a, positions_b], dim=1)
+    scores, order = scores.sort(dim=1, descending=True, stable=True)
+    keep = min(k, scores.shape[1])
+    return scores[:, :keep].contiguous(), positions.gather(1, order[:, :keep]).contiguous()
+
+
+def candidates_above(scores: torch.Tensor, threshold: torch.Tensor, mask: torch.Tensor, max_per_row: int
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Entries strictly above each row's threshold, packed left into ``[q, m]`` (padding: -inf, -1).
+
+    Equal scores are excluded because a later block loses ties.  Returns None when some row has more
+    than ``max_per_row`` candidates (then a plain top-k over the block is cheaper).
+    """
+    torch.gt(scores, threshold, out=mask)
+    rows, columns = mask.nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return scores.new_empty((scores.shape[0], 0)), rows.new_empty((scores.shape[0], 0))
+    per_row = torch.bincount(rows, minlength=scores.shape[0])
+    widest = int(per_row.max())
+    if widest > max_per_row:
+        return None
+    row_start = torch.cumsum(per_row, 0) - per_row
+    slot = torch.arange(rows.numel()) - row_start[rows]
+    packed_scores = scores.new_full((scores.shape[0], widest), float("-inf"))
+    packed_columns = torch.full((scores.shape[0], widest), -1, dtype=torch.int64)
+    packed_scores[rows, slot] = scores[rows, columns]
+    packed_columns[rows, slot] = columns
+    return packed_scores, packed_columns
+
+
+# --------------------------------------------------------------------------- backends
+def passage_blocks(shards: Sequence[torch.Tensor], block_rows: int) -> list[tuple[int, torch.Tensor]]:
+    """``(first position, rows)`` views of at most ``block_rows`` rows that never cross a shard.
+
+    Blocks aligned to shards make a per-shard search run the very same GEMMs as a search of all
+    shards at once, so the two agree bit for bit.
+    """
+    blocks, offset = [], 0
+    for shard in shards:
+        for start in range(0, shard.shape[0], block_rows):
+            blocks.append((offset + start, shard[start:start + block_rows]))
+        offset += shard.shape[0]
+    return blocks
+
+
+def default_block_rows(batch_size: int) -> int:
+    return int(min(MAX_BLOCK_ROWS, max(MIN_BLOCK_ROWS, SCORE_BLOCK_ELEMENTS // max(batch_size, 1))))
+
+
+class TorchFlatIPSearcher:
+    """Blocked GEMM + running top-k; memory is one ``[batch, block]`` score buffer."""
+
+    def __init__(self, shards: Sequence[torch.Tensor], block_rows: int):
+        self.blocks = passage_blocks(shards, block_rows)
+        self.total = sum(int(shard.shape[0]) for shard in shards)
+        self.block_rows = block_rows
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _score_buffers(self, elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reuse one score and one mask buffer across blocks; re-allocating costs ~15% of the GEMM."""
+        if self._buffers is None or self._buffers[0].numel() < elements:
+            self._buffers = (torch.empty(elements, dtype=torch.float32), torch.empty(elements, dtype=torch.bool))
+        return self._buffers
+
+    def search(self, queries: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        queries = queries.to(torch.float32).contiguous()
+        k = min(depth, self.total)
+        score_buffer, mask_buffer = self._score_buffers(queries.shape[0] * max(b.shape[0] for _, b in self.blocks))
+        best_scores = queries.new_empty((queries.shape[0], 0))
+        best_positions = torch.empty((queries.shape[0], 0), dtype=torch.int64)
+        for first, block in self.blocks:
+            shape = (queries.shape[0], block.shape[0])
+            scores = score_buffer[: shape[0] * shape[1]].view(shape)
+            torch.matmul(queries, block.T, out=scores)
+            block_scores, block_columns = self._block_candidates(scores, best_scores, k, mask_buffer)
+            best_scores, best_positions = merge_topk(best_scores, best_positions, block_scores,
+                                                     block_columns + first, k)
+        return best_scores, best_positions
+
+    @staticmethod
+    def _block_candidates(scores, best_scores, k, mask_buffer):
+        """Once k results are held, only entries beating the current k-th score can enter."""
+        if best_scores.shape[1] == k:
+            mask = mask_buffer[: scores.numel()].view(scores.shape)
+            packed = candidates_above(scores, best_scores[:, -1:], mask, max_per_row=max(k, scores.shape[1] // 8))
+            if packed is not None:
+                return packed
+        return exact_topk(scores, k)
+
+
+class FaissFlatIPSearcher:
+    """``faiss.IndexFlatIP`` with its tie order normalised to the ranking rule."""
+
+    def __init__(self, shards: Sequence[torch.Tensor]):
+        import faiss
+
+        self.index = faiss.IndexFlatIP(int(shards[0].shape[1]))
+        for shard in shards:
+            self.index.add(np.ascontiguousarray(shard.numpy(), dtype=np.float32))
+
+    def search(self, queries: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        queries = np.ascontiguousarray(queries.to(torch.float32).numpy())
+        total = int(self.index.ntotal)
+        k = min(depth, total)
+        fetched = min(k + 1, total)
+        scores, positions = self.index.search(queries, fetched)
+        if fetched > k:
+            for row in np.flatnonzero(scores[:, k - 1] == scores[:, k]):
+                scores[row, :k], positions[row, :k] = self._tied_row(queries[row:row + 1], scores[row, k - 1], k)
+        return order_by_score_then_position(torch.from_numpy(scores[:, :k].copy()),
+                                            torch.from_numpy(positions[:, :k].copy()))
+
+    def _tied_row(self, query: np.ndarray, kth_score: np.float32, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Redo a row whose k-th score is tied: every entry near the k-th score or above, re-ranked.
+
+        The margin makes sure rounding differences between FAISS's batched (BLAS) and single-query
+        kernels cannot drop a tied entry; the re-ranking uses the single-query scores throughout.
+        """
+        radius = float(kth_score) - 1e-5 * max(1.0, abs(float(kth_score)))
+        limits, scores, positions = self.index.range_search(query, radius)
+        chosen = np.lexsort((positions, -scores))[:k]
+        return scores[chosen], positions[chosen]
+
+
+def build_searcher(backend: str, passages: PassageShards, block_rows: int) -> Searcher:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "faiss":
+        return FaissFlatIPSearcher(passages.reps)
+    return TorchFlatIPSearcher(passages.reps, block_rows)
+
+
+# --------------------------------------------------------------------------- search driver
+def search_in_batches(searcher: Searcher, query_reps: torch.Tensor, depth: int, batch_size: int,
+                      total_passages: int, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Search ``batch_size`` queries at a time so memory never holds a [queries x passages] matrix."""
+    k = min(depth, total_passages)
+    all_scores = torch.empty((query_reps.shape[0], k), dtype=torch.float32)
+    all_positions = torch.empty((query_reps.shape[0], k), dtype=torch.int64)
+    starts = range(0, query_reps.shape[0], batch_size)
+    for start in tqdm(starts, desc="search", unit="batch", disable=None if progress else True):
+        batch = query_reps[start:start + batch_size]
+        scores, positions = searcher.search(batch, depth)
+        all_scores[start:start + batch.shape[0]] = scores
+        all_positions[start:start + batch.shape[0]] = positions
+    return all_scores, all_positions
+
+
+def search_passages(query_reps: torch.Tensor, passages: PassageShards, depth: int, batch_size: int = 4096,
+                    backend: str = "auto", block_rows: int = 0, progress: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Library entry point: ``(scores [Q, k], positions [Q, k])`` into ``passages.ids``."""
+    searcher = build_searcher(backend, passages, block_rows or default_block_rows(batch_size))
+    return search_in_batches(searcher, query_reps, depth, batch_size, passages.count, progress)
+
+
+def iter_text_ranking(query_ids, passage_ids, scores: torch.Tensor, positions: torch.Tensor):
+    """Yield ``(qid, [(pid, score), ...])`` for :func:`tevatron.io.write_ranking`."""
+    for row, qid in enumerate(query_ids):
+        hits = zip(positions[row].tolist(), scores[row].tolist())
+        yield qid, [(passage_ids[position], score) for position, score in hits]
+
+
+def save_results(path, query_ids, passage_ids, scores, positions, as_text: bool) -> None:
+    if as_text:
+        write_ranking(path, iter_text_ranking(query_ids, passage_ids, scores, positions))
+    else:
+        save_shard_ranking(path, query_ids, passage_ids, scores, positions)
+
+
+def run_search(args: SearchArguments) -> None:
+    """Load, check, search, save.  All input checks run before the first log line."""
+    output = Path(args.save_ranking_to)
+    if output.exists() and not args.overwrite:
+        logger.info("%s exists; skipping (pass --overwrite to replace it)", output)
+        return
+    passages = load_passage_shards(args.passage_reps)
+    query_reps, query_ids = load_queries(args.query_reps, passages)
+    backend = "torch" if args.backend == "auto" else args.backend
+    logger.info("%d passages (dim %d) in %d shard(s); %d queries; depth %d; backend %s",
+                passages.count, passages.dim, len(passages.paths), len(query_ids), args.depth, backend)
+    started = time.perf_counter()
+    scores, positions = search_passages(query_reps, passages, args.depth, args.batch_size, backend,
+                                        args.passage_block_size, progress=not args.quiet)
+    elapsed = time.perf_counter() - started
+    logger.info("searched %d queries in %.1f s (%.1f queries/s)", len(query_ids), elapsed,
+                len(query_ids) / max(elapsed, 1e-9))
+    save_results(output, query_ids, passages.ids, scores, positions, args.save_text)
+    logger.info("wrote %s", output)
+
+
+def parse_arguments(argv: Sequence[str] | None) -> SearchArguments:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(SearchArguments)
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    if args.depth < 1 or args.batch_size < 1 or args.passage_block_size < 0:
+        parser.error("--depth and --batch_size must be positive, --passage_block_size non-negative")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_search(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

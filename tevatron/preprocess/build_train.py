@@ -1,0 +1,287 @@
+"""Build tokenised training groups ``{"query", "positives", "negatives"}`` (JSON lines, ``split00.json`` ...).
+
+One implementation serves both sources of negatives: BM25 negatives (``qid \\t pid,pid,...``) and hard
+negatives mined from a dense ranking (``qid \\t pid \\t score``, ranks ``(skip_top, depth]``); see
+:mod:`tevatron.preprocess.build_train_hn`.
+
+For each query with positives and negatives: positives are all judged-relevant passages; negatives
+are the candidates minus the positives, shuffled by a generator seeded with ``(seed, qid)`` and cut to
+``n_sample``.  Seeding per query makes a group depend only on the seed and its own candidates, not on
+file order or on the other queries.
+
+Memory stays proportional to what is used: the collection is read twice (once for its ids, once to
+tokenise only the sampled passages), and negatives are sampled line by line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+from array import array
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from tevatron.io import (InputError, atomic_text_writer, iter_collection, iter_negatives, positives_from_qrels,
+                         read_qrels, read_queries)
+from tevatron.preprocess.common import (clear_complete_marker, file_signature, finish_directory_output, is_complete,
+                                        run_cli)
+from tevatron.preprocess.tokenize import (DEFAULT_BATCH_SIZE, iter_batches, passage_text, split_path,
+                                          tokenize_batch)
+from tevatron.tokenization import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+SHARD_GLOB = "split*.json"
+
+
+@dataclass(frozen=True)
+class TrainSetOptions:
+    """How groups are sampled and tokenised; recorded in the output's completion marker."""
+    n_sample: int = 30
+    seed: int = 42
+    q_max_len: int = 32
+    p_max_len: int = 128
+    shard_size: int = 45000
+
+
+@dataclass
+class TrainingGroup:
+    """One query's sampled group, with passages as collection row numbers (4 bytes each)."""
+    qid: str
+    positive_rows: np.ndarray
+    negative_rows: np.ndarray
+
+
+# --------------------------------------------------------------------------- sampling
+def sample_negatives(candidates: Sequence[str], positives: Iterable[str], n_sample: int, seed: int,
+                     qid: str) -> list[str]:
+    """Candidates minus positives (first occurrence kept), shuffled with a (seed, qid) generator, cut to n_sample.
+
+    A string seed is hashed with SHA-512 by :mod:`random`, so the result is the same in every process
+    and Python version, whatever PYTHONHASHSEED says.
+    """
+    excluded = set(positives)
+    pool = list(dict.fromkeys(pid for pid in candidates if pid not in excluded))
+    random.Random(f"{seed}\t{qid}").shuffle(pool)
+    return pool[:n_sample]
+
+
+def collection_rows(collection_path) -> dict[str, int]:
+    """Row number of every passage id (the first of the two passes over the collection)."""
+    rows = {}
+    for row, (_, pid, _, _) in enumerate(tqdm(iter_collection(collection_path), desc="read passage ids",
+                                              unit=" passages", mininterval=5)):
+        rows[pid] = row
+    if not rows:
+        raise InputError(collection_path, "empty corpus")
+    return rows
+
+
+def plan_groups(candidate_groups: Iterable[tuple[str, list[str]]], source, queries: dict[str, str],
+                positives: dict[str, list[str]], pid_rows: dict[str, int], options: TrainSetOptions
+                ) -> tuple[list[TrainingGroup], Counter]:
+    """Sample the group of every query that has text, positives and negatives; count what was skipped.
+
+    Unknown ids (not in the queries or the collection) are dropped and counted, not fatal: qrels and
+    negatives files often cover a slightly different corpus version.
+    """
+    counts: Counter = Counter()
+    seen: set[str] = set()
+    groups: list[TrainingGroup] = []
+    for qid, candidates in candidate_groups:
+        if qid in seen:
+            raise InputError(source, f"query {qid} appears in more than one block")
+        seen.add(qid)
+        if qid not in queries:
+            counts["unknown query ids"] += 1
+            continue
+        known_positives = [pid for pid in positives.get(qid, ()) if pid in pid_rows]
+        counts["unknown positive ids"] += len(positives.get(qid, ())) - len(known_positives)
+        known_candidates = [pid for pid in candidates if pid in pid_rows]
+        counts["unknown negative ids"] += len(candidates) - len(known_candidates)
+        if not known_positives:
+            counts["queries without positives"] += 1
+            continue
+        negatives = sample_negatives(known_candidates, positives.get(qid, ()), options.n_sample, options.seed, qid)
+        if not negatives:
+            counts["queries without negatives"] += 1
+            continue
+        groups.append(TrainingGroup(qid, np.array([pid_rows[p] for p in known_positives], dtype=np.int32),
+                                    np.array([pid_rows[p] for p in negatives], dtype=np.int32)))
+    counts["queries without negatives"] += sum(1 for qid in positives if qid not in seen and qid in queries
+                                               and any(p in pid_rows for p in positives[qid]))
+    return groups, counts
+
+
+# --------------------------------------------------------------------------- tokenising what was sampled
+class TokenStore:
+    """Token ids of the sampled passages only, packed in one array, looked up by collection row."""
+
+    def __init__(self, n_rows: int, vocab_size: int):
+        self.slot_of_row = np.full(n_rows, -1, dtype=np.int64)
+        self.tokens = array("H" if vocab_size <= 1 << 16 else "i")
+        self.offsets = array("q", [0])
+
+    def add(self, row: int, token_ids: list[int]) -> None:
+        self.slot_of_row[row] = len(self.offsets) - 1
+        self.tokens.extend(token_ids)
+        self.offsets.append(len(self.tokens))
+
+    def get(self, row: int) -> list[int]:
+        slot = self.slot_of_row[row]
+        return self.tokens[self.offsets[slot]:self.offsets[slot + 1]].tolist()
+
+
+def tokenize_needed_passages(collection_path, needed_rows: np.ndarray, tokenizer, p_max_len: int,
+                             batch_size: int = DEFAULT_BATCH_SIZE) -> TokenStore:
+    """Second pass over the collection: tokenise only the rows the groups use, in batches."""
+    needed = np.zeros(int(needed_rows.max()) + 1 if len(needed_rows) else 0, dtype=bool)
+    needed[needed_rows] = True
+    store = TokenStore(len(needed), len(tokenizer))
+
+    def wanted():
+        for row, (_, _, title, text) in enumerate(iter_collection(collection_path)):
+            if row >= len(needed):
+                return
+            if needed[row]:
+                yield row, passage_text(title, text, tokenizer.sep_token)
+
+    with tqdm(total=len(needed_rows), desc="tokenize sampled passages", unit=" passages", mininterval=5) as bar:
+        for batch in iter_batches(wanted(), batch_size):
+            for (row, _), token_ids in zip(batch, tokenize_batch(tokenizer, [t for _, t in batch], p_max_len)):
+                store.add(row, token_ids)
+            bar.update(len(batch))
+    return store
+
+
+# --------------------------------------------------------------------------- writing
+def iter_group_records(groups: Sequence[TrainingGroup], queries: dict[str, str], store: TokenStore, tokenizer,
+                       q_max_len: int, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[dict]:
+    """Training records, queries tokenised a batch at a time."""
+    for batch in iter_batches(groups, batch_size):
+        query_ids = tokenize_batch(tokenizer, [queries[group.qid] for group in batch], q_max_len)
+        for group, query in zip(batch, query_ids):
+            yield {"query_id": group.qid, "query": query,
+                   "positives": [store.get(row) for row in group.positive_rows.tolist()],
+                   "negatives": [store.get(row) for row in group.negative_rows.tolist()]}
+
+
+def write_shards(records: Iterator[dict], n_groups: int, save_to: Path, shard_size: int) -> list[Path]:
+    """``split00.json`` ... of ``shard_size`` groups each, every one written atomically."""
+    paths = []
+    with tqdm(total=n_groups, desc="write training groups", unit=" groups", mininterval=5) as progress:
+        for index, start in enumerate(range(0, n_groups, shard_size)):
+            path = split_path(save_to, index)
+            with atomic_text_writer(path) as out:
+                for _ in range(min(shard_size, n_groups - start)):
+                    out.write(json.dumps(next(records)) + "\n")
+                    progress.update()
+            paths.append(path)
+    for stale in sorted(set(save_to.glob(SHARD_GLOB)) - set(paths)):
+        stale.unlink()
+        logger.info("removed %s left by an earlier run", stale)
+    return paths
+
+
+def build_training_set(candidate_groups: Iterable[tuple[str, list[str]]], source, tokenizer_name: str,
+                       qrels_path, queries_path, collection_path, save_to, options: TrainSetOptions,
+                       params: dict) -> list[Path]:
+    """The shared pipeline: sample groups, tokenise what they use, write shards, mark complete.
+
+    ``candidate_groups`` yields ``(qid, candidate negative pids)``; ``params`` describes the inputs for
+    the completion marker, so a rerun with the same inputs and options is skipped.
+    """
+    save_to = Path(save_to)
+    for path in (qrels_path, queries_path, collection_path):
+        if not Path(path).is_file():
+            raise InputError(path, "no such file")
+    params = {**params, "tokenizer": tokenizer_name, "qrels": file_signature(qrels_path),
+              "queries": file_signature(queries_path), "collection": file_signature(collection_path),
+              **asdict(options)}
+    if is_complete(save_to, params):
+        logger.info("%s is complete; skipped", save_to)
+        return sorted(save_to.glob(SHARD_GLOB))
+    queries = read_queries(queries_path)
+    positives = positives_from_qrels(read_qrels(qrels_path))
+    pid_rows = collection_rows(collection_path)
+    groups, counts = plan_groups(candidate_groups, source, queries, positives, pid_rows, options)
+    _log_counts(counts, len(groups), source, qrels_path)
+    if not groups:
+        raise InputError(source, "no query has both positives and negatives; nothing to train on")
+    tokenizer = load_tokenizer(tokenizer_name)
+    needed_rows = np.unique(np.concatenate([np.concatenate([g.positive_rows, g.negative_rows]) for g in groups]))
+    store = tokenize_needed_passages(collection_path, needed_rows, tokenizer, options.p_max_len)
+    clear_complete_marker(save_to)
+    records = iter_group_records(groups, queries, store, tokenizer, options.q_max_len)
+    paths = write_shards(records, len(groups), save_to, options.shard_size)
+    finish_directory_output(save_to, params, {"groups": len(groups), "shards": len(paths), **counts})
+    logger.info("wrote %d training groups in %d shards to %s", len(groups), len(paths), save_to)
+    return paths
+
+
+def _log_counts(counts: Counter, n_groups: int, source, qrels_path) -> None:
+    """One line for skipped queries, and warnings for ids the other files do not know."""
+    logger.info("%d training groups; skipped %d queries without positives and %d without negatives",
+                n_groups, counts["queries without positives"], counts["queries without negatives"])
+    for what, where in (("unknown query ids", source), ("unknown negative ids", source),
+                        ("unknown positive ids", qrels_path)):
+        if counts[what]:
+            logger.warning("%s: skipped %d %s (not in the queries/collection)", where, counts[what], what)
+
+
+# --------------------------------------------------------------------------- BM25 negatives entry point
+def iter_negative_file(path) -> Iterator[tuple[str, list[str]]]:
+    for _, qid, pids in iter_negatives(path):
+        yield qid, pids
+
+
+def build_train(tokenizer_name: str, negative_file, qrels, queries, collection, save_to,
+                options: TrainSetOptions = TrainSetOptions()) -> list[Path]:
+    """Training groups with negatives from a ``qid \\t pid,pid,...`` file (BM25 top 200 minus positives)."""
+    if not Path(negative_file).is_file():
+        raise InputError(negative_file, "no such file")
+    params = {"negatives": file_signature(negative_file)}
+    return build_training_set(iter_negative_file(negative_file), negative_file, tokenizer_name, qrels, queries,
+                              collection, save_to, options, params)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments both builders take (the Tevatron v1 names)."""
+    parser.add_argument("--tokenizer_name", required=True)
+    parser.add_argument("--qrels", required=True)
+    parser.add_argument("--queries", required=True)
+    parser.add_argument("--collection", required=True)
+    parser.add_argument("--save_to", required=True, help="output folder for split00.json ...")
+    parser.add_argument("--n_sample", type=int, default=30, help="negatives per query")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--q_max_len", type=int, default=32)
+    parser.add_argument("--p_max_len", type=int, default=128)
+    parser.add_argument("--shard_size", type=int, default=45000, help="groups per split file")
+
+
+def options_from_args(args: argparse.Namespace) -> TrainSetOptions:
+    return TrainSetOptions(n_sample=args.n_sample, seed=args.seed, q_max_len=args.q_max_len,
+                           p_max_len=args.p_max_len, shard_size=args.shard_size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--negative_file", required=True, help="qid \\t pid,pid,... (train.negatives.tsv)")
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> None:
+    args = build_parser().parse_args(argv)
+    build_train(args.tokenizer_name, args.negative_file, args.qrels, args.queries, args.collection, args.save_to,
+                options_from_args(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)

@@ -1,0 +1,210 @@
+"""Tokenise queries and passages into the JSON lines the encoder reads: ``{"text_id": id, "text": [ids]}``.
+
+Token ids carry no special tokens (the model adds [CLS]/[SEP]); passages are ``title [SEP] text`` as in
+Tevatron.  The corpus is cut into contiguous row ranges (``split00.json`` ...), each streamed, tokenised
+in batches by the fast tokenizer in its own process and written atomically, so an interrupted run
+resumes where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from tqdm import tqdm
+
+from tevatron.io import (InputError, atomic_text_writer, count_data_lines, iter_collection_rows, read_queries,
+                         write_jsonl)
+from tevatron.preprocess.common import (PreprocessError, file_signature, finish_directory_output, real_title, run_cli,
+                                        start_directory_output)
+from tevatron.tokenization import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 1000
+SPLIT_GLOB = "split*.json"
+
+
+# --------------------------------------------------------------------------- shared by every builder
+def passage_text(title: str, text: str, sep_token: str) -> str:
+    """Tevatron's passage input: ``title [SEP] text``, or the text alone when there is no title."""
+    title = real_title(title)
+    return f"{title} {sep_token} {text}" if title else text
+
+
+def tokenize_batch(tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
+    """Token ids without special tokens, truncated to ``max_len``; one fast-tokenizer call per batch."""
+    if not texts:
+        return []
+    return tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_len)["input_ids"]
+
+
+def iter_batches(items: Iterable, batch_size: int) -> Iterator[list]:
+    """Consecutive lists of ``batch_size`` items (the last may be shorter)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def iter_tokenized(tokenizer, records: Iterable[tuple[str, str]], max_len: int,
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[dict]:
+    """``{"text_id", "text"}`` records for ``(id, text)`` pairs, tokenised a batch at a time."""
+    for batch in iter_batches(records, batch_size):
+        token_ids = tokenize_batch(tokenizer, [text for _, text in batch], max_len)
+        for (text_id, _), ids in zip(batch, token_ids):
+            yield {"text_id": text_id, "text": ids}
+
+
+# --------------------------------------------------------------------------- queries
+def tokenize_queries(tokenizer_name: str, query_file, save_to, q_max_len: int = 32,
+                     batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False) -> int:
+    """Write ``save_to`` (JSON lines) for every query of ``query_file``; returns how many."""
+    save_to = Path(save_to)
+    if save_to.is_file() and not overwrite:
+        logger.info("%s exists; skipped", save_to)
+        return 0
+    queries = read_queries(query_file)
+    tokenizer = load_tokenizer(tokenizer_name)
+    records = tqdm(queries.items(), total=len(queries), desc=f"tokenize {Path(query_file).name}", mininterval=5)
+    write_jsonl(save_to, iter_tokenized(tokenizer, records, q_max_len, batch_size))
+    logger.info("wrote %d tokenized queries to %s", len(queries), save_to)
+    return len(queries)
+
+
+# --------------------------------------------------------------------------- passages
+def split_ranges(n_rows: int, n_splits: int) -> list[tuple[int, int]]:
+    """``n_splits`` contiguous ``[start, stop)`` row ranges covering ``n_rows``, sizes differing by <= 1."""
+    if n_splits < 1:
+        raise ValueError("n_splits must be at least 1")
+    base, extra = divmod(n_rows, n_splits)
+    ranges, start = [], 0
+    for index in range(n_splits):
+        stop = start + base + (1 if index < extra else 0)
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
+def split_path(save_to, index: int) -> Path:
+    return Path(save_to) / f"split{index:02d}.json"
+
+
+def tokenize_split(job: dict) -> tuple[int, int]:
+    """Tokenise rows ``[start, stop)`` of the corpus into one split file; runs in a worker process.
+
+    The job carries the tokenizer itself (fast tokenizers pickle), so workers never go to the hub.
+    """
+    tokenizer = job["tokenizer"]
+    rows = iter_collection_rows(job["corpus"], job["start"], job["stop"])
+    records = ((pid, passage_text(title, text, tokenizer.sep_token)) for _, pid, title, text in rows)
+    count = 0
+    with atomic_text_writer(job["path"]) as out:
+        for record in iter_tokenized(tokenizer, records, job["p_max_len"], job["batch_size"]):
+            out.write(json.dumps(record) + "\n")
+            count += 1
+    if count != job["stop"] - job["start"]:
+        raise RuntimeError(f"{job['corpus']}: expected {job['stop'] - job['start']} rows in split "
+                           f"{job['index']}, read {count} (file changed while tokenizing?)")
+    return job["index"], count
+
+
+def _tokenize_split_reporting(job: dict) -> tuple[int, int, str | None]:
+    """:func:`tokenize_split` that returns bad input as a message: InputError does not survive pickling."""
+    try:
+        index, count = tokenize_split(job)
+    except InputError as err:
+        return job["index"], 0, str(err)
+    return index, count, None
+
+
+def _run_jobs(jobs: list[dict], num_workers: int) -> Iterator[tuple[int, int]]:
+    """Run split jobs in a process pool (spawned: forked tokenizers deadlock) or inline for one worker."""
+    if num_workers <= 1 or len(jobs) <= 1:
+        yield from map(tokenize_split, jobs)
+        return
+    with multiprocessing.get_context("spawn").Pool(min(num_workers, len(jobs))) as pool:
+        for index, count, error in pool.imap_unordered(_tokenize_split_reporting, jobs):
+            if error is not None:
+                raise PreprocessError(error)
+            yield index, count
+
+
+def tokenize_passages(tokenizer_name: str, corpus_file, save_to, n_splits: int = 10, p_max_len: int = 128,
+                      num_workers: int = 2, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Path]:
+    """Write the corpus as ``split00.json`` ... in ``save_to``; finished splits of an earlier run are kept."""
+    corpus_file, save_to = Path(corpus_file), Path(save_to)
+    n_rows = count_data_lines(corpus_file)
+    if n_splits > n_rows:
+        logger.warning("%d splits requested for %d passages; using %d", n_splits, n_rows, max(n_rows, 1))
+        n_splits = max(n_rows, 1)
+    params = {"tokenizer": tokenizer_name, "corpus": file_signature(corpus_file), "rows": n_rows,
+              "n_splits": n_splits, "p_max_len": p_max_len}
+    paths = [split_path(save_to, index) for index in range(n_splits)]
+    if start_directory_output(save_to, params, SPLIT_GLOB):
+        logger.info("%s is complete; skipped", save_to)
+        return paths
+    tokenizer = load_tokenizer(tokenizer_name)
+    jobs = [{"index": index, "start": start, "stop": stop, "path": str(paths[index]), "corpus": str(corpus_file),
+             "tokenizer": tokenizer, "p_max_len": p_max_len, "batch_size": batch_size}
+            for index, (start, stop) in enumerate(split_ranges(n_rows, n_splits)) if not paths[index].is_file()]
+    if len(jobs) < n_splits:
+        logger.info("%d of %d splits already written; resuming", n_splits - len(jobs), n_splits)
+    with tqdm(total=sum(job["stop"] - job["start"] for job in jobs), desc="tokenize passages",
+              unit=" passages") as progress:
+        for index, count in _run_jobs(jobs, num_workers):
+            progress.update(count)
+            logger.info("wrote %s (%d passages)", paths[index], count)
+    finish_directory_output(save_to, params, {"splits": n_splits, "passages": n_rows})
+    return paths
+
+
+# --------------------------------------------------------------------------- command lines
+def build_queries_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Tokenise a query file (qid \\t text) into JSON lines.")
+    parser.add_argument("--tokenizer_name", required=True)
+    parser.add_argument("--query_file", required=True)
+    parser.add_argument("--save_to", required=True, help="output .json file")
+    parser.add_argument("--q_max_len", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def build_passages_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Tokenise a corpus (pid \\t title \\t text) into split files.")
+    parser.add_argument("--tokenizer_name", required=True)
+    parser.add_argument("--file", required=True, help="corpus.tsv (or BEIR corpus.jsonl)")
+    parser.add_argument("--save_to", required=True, help="output folder for split00.json ...")
+    parser.add_argument("--n_splits", type=int, default=10)
+    parser.add_argument("--p_max_len", type=int, default=128)
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
+    return parser
+
+
+def _queries_main(argv: Sequence[str] | None) -> None:
+    args = build_queries_parser().parse_args(argv)
+    tokenize_queries(args.tokenizer_name, args.query_file, args.save_to, args.q_max_len, args.batch_size,
+                     args.overwrite)
+
+
+def _passages_main(argv: Sequence[str] | None) -> None:
+    args = build_passages_parser().parse_args(argv)
+    tokenize_passages(args.tokenizer_name, args.file, args.save_to, args.n_splits, args.p_max_len,
+                      args.num_workers, args.batch_size)
+
+
+def queries_main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_queries_main, argv)
+
+
+def passages_main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_passages_main, argv)
