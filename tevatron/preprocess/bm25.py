@@ -136,13 +136,18 @@ def _tokenize_corpus(tokenizer, documents: Iterable[tuple[str, str]], chunk_size
 
 
 def build_index(documents: Iterable[tuple[str, str]], k1: float = DEFAULT_K1, b: float = DEFAULT_B,
-                chunk_size: int = CORPUS_CHUNK) -> Bm25Index:
-    """Index ``(pid, text)`` pairs with bm25s (numba backend when installed, else numpy)."""
+                chunk_size: int = CORPUS_CHUNK, allow_empty: bool = False) -> Bm25Index | None:
+    """Index ``(pid, text)`` pairs with bm25s (numba backend when installed, else numpy).
+
+    An empty corpus is a ValueError, or None with ``allow_empty`` (so callers can name the file).
+    """
     import bm25s
 
     tokenizer = make_bm25_tokenizer()
     corpus, passage_ids = _tokenize_corpus(tokenizer, documents, chunk_size)
     if len(corpus) == 0:
+        if allow_empty:
+            return None
         raise ValueError("cannot build a BM25 index over an empty corpus")
     vocab = tokenizer.get_vocab_dict()
     logger.info("indexing %d passages, %d tokens, %d distinct terms", len(corpus), len(corpus.token_ids),
@@ -162,10 +167,10 @@ def index_collection(collection_path, k1: float = DEFAULT_K1, b: float = DEFAULT
     documents = ((pid, bm25_document(title, text)) for _, pid, title, text in
                  tqdm(iter_collection(collection_path), desc="BM25 tokenize corpus", unit=" passages",
                       mininterval=5))
-    try:
-        return build_index(documents, k1, b, chunk_size)
-    except ValueError as err:
-        raise InputError(collection_path, str(err)) from None
+    index = build_index(documents, k1, b, chunk_size, allow_empty=True)
+    if index is None:
+        raise InputError(collection_path, "empty corpus")
+    return index
 
 
 def iter_search(index: Bm25Index, queries: Sequence[tuple[str, str]], k: int, batch_size: int = QUERY_BATCH,
@@ -228,7 +233,9 @@ def run_bm25(collection, train_queries=None, train_qrels=None, negatives_out=Non
     dev = list(read_queries(dev_queries).items()) if dev_run_out in todo else None
     index = index_collection(collection, k1, b)
     if train is not None:
-        write_negatives_iter(negatives_out, iter_bm25_negatives(index, train[0], train[1], depth, batch_size, n_threads))
+        queries, positives = train
+        write_negatives_iter(negatives_out,
+                             iter_bm25_negatives(index, queries, positives, depth, batch_size, n_threads))
         logger.info("wrote %s", negatives_out)
     if dev is not None:
         write_ranking(dev_run_out, iter_search(index, dev, dev_depth, batch_size, n_threads, desc="BM25 dev run"))

@@ -30,7 +30,8 @@ def configure_logging() -> None:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Run ``main``; bad input becomes one ``error: file:line: message`` line and exit status 1.
+    """Run ``main``; bad input becomes one ``error: file:line: message`` line and exit status 2 (as every
+    tevatron command line).
 
     Tracebacks are for bugs; a user who fed a malformed file needs the file and line, nothing else.
     """
@@ -39,7 +40,7 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
         main(argv)
     except (InputError, PreprocessError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from tevatron.io import (InputError, atomic_text_writer, count_data_lines, iter_collection_rows, read_queries,
                          write_jsonl)
-from tevatron.preprocess.common import (PreprocessError, file_signature, finish_directory_output, real_title, run_cli,
-                                        start_directory_output)
+from tevatron.preprocess.common import (PreprocessError, file_signature, finish_directory_output, real_title,
+                                        run_cli, start_directory_output)
 from tevatron.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -142,9 +142,11 @@ def tokenize_passages(tokenizer_name: str, corpus_file, save_to, n_splits: int =
     """Write the corpus as ``split00.json`` ... in ``save_to``; finished splits of an earlier run are kept."""
     corpus_file, save_to = Path(corpus_file), Path(save_to)
     n_rows = count_data_lines(corpus_file)
+    if n_rows == 0:
+        raise InputError(corpus_file, "empty corpus")
     if n_splits > n_rows:
-        logger.warning("%d splits requested for %d passages; using %d", n_splits, n_rows, max(n_rows, 1))
-        n_splits = max(n_rows, 1)
+        logger.warning("%d splits requested for %d passages; using %d", n_splits, n_rows, n_rows)
+        n_splits = n_rows
     params = {"tokenizer": tokenizer_name, "corpus": file_signature(corpus_file), "rows": n_rows,
               "n_splits": n_splits, "p_max_len": p_max_len}
     paths = [split_path(save_to, index) for index in range(n_splits)]

@@ -1,0 +1,108 @@
+"""Seconds per training step, ours against Tevatron v1, side by side in one run; peak memory with and
+without --grad_cache.
+
+all-MiniLM-L6-v2, batch 8 queries x 8 passages, q_max_len 32, p_max_len 128, SciFact text.  Each
+driver runs twice (SHORT and LONG steps); the difference of the Trainer's ``train_runtime`` divided by
+the extra steps is the steady-state step time (start-up and the first, slower step cancel out).
+
+    python bench/train_throughput.py                     # CPU, both drivers + memory
+    python bench/train_throughput.py --fp16 --skip_memory   # on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import V1_PYTHON, minilm_dir, run_timed, train_runtime, v1_available, write_train_groups  # noqa: E402
+
+
+def measure_matmul_peak() -> float:
+    """fp32 GFLOP/s of a large square matmul on this machine (the CPU's practical ceiling)."""
+    import torch
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    start, repeats = time.perf_counter(), 10
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * 2048 ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def physical_limit(model_dir: Path, train_file: Path, batch: int, n_passages: int, gflops: float) -> float:
+    """3 (fwd + 2x bwd) x 2 x non-embedding parameters x real tokens of an average step, at the peak."""
+    import json
+    from transformers import AutoModel
+    model = AutoModel.from_pretrained(model_dir)
+    non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+    groups = [json.loads(line) for line in open(train_file)]
+    q_tokens = sum(len(g["query"]) + 2 for g in groups) / len(groups)
+    p_tokens = sum(len(p) + 2 for g in groups for p in g["positives"][:1] + g["negatives"]) / len(groups)
+    tokens = batch * (q_tokens + p_tokens * n_passages / (1 + len(groups[0]["negatives"])))
+    return 3 * 2 * non_embedding * tokens / (gflops * 1e9)
+
+
+def driver_command(python, train_dir, out, steps, args, extra=()):
+    return [python, "-m", "tevatron.driver.train", "--model_name_or_path", minilm_dir(), "--train_dir", train_dir,
+            "--output_dir", out, "--per_device_train_batch_size", args.batch, "--train_n_passages", args.n_passages,
+            "--q_max_len", 32, "--p_max_len", 128, "--learning_rate", 2e-5, "--max_steps", steps,
+            "--report_to", "none", "--save_strategy", "no", "--logging_steps", 1000,
+            "--dataloader_num_workers", args.workers, "--overwrite_output_dir", *(["--fp16"] if args.fp16 else []),
+            *extra]
+
+
+def seconds_per_step(python, train_dir, work: Path, name: str, args, extra=()) -> float:
+    runtimes = {}
+    for steps in (args.short, args.long):
+        output, _ = run_timed(driver_command(python, train_dir, work / f"{name}-{steps}", steps, args, extra))
+        runtimes[steps] = train_runtime(output)
+    return (runtimes[args.long] - runtimes[args.short]) / (args.long - args.short)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--n_passages", type=int, default=8)
+    parser.add_argument("--short", type=int, default=2)
+    parser.add_argument("--long", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=0, help="dataloader workers (same for both)")
+    parser.add_argument("--fp16", action="store_true", help="mixed precision (GPU)")
+    parser.add_argument("--skip_v1", action="store_true")
+    parser.add_argument("--skip_memory", action="store_true")
+    parser.add_argument("--memory_batch", type=int, default=64)
+    args = parser.parse_args()
+
+    from tevatron.tokenization import load_tokenizer
+    tokenizer = load_tokenizer(str(minilm_dir()))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        n_groups = max(args.batch * (args.long + 1), args.memory_batch * 2)
+        train_file = write_train_groups(work / "train" / "train.jsonl", tokenizer, n_groups)
+        gflops = measure_matmul_peak()
+        limit = physical_limit(minilm_dir(), train_file, args.batch, args.n_passages, gflops)
+        print(f"fp32 matmul peak here: {gflops:.0f} GFLOP/s; physical limit of one step: {limit:.2f} s")
+
+        results = {}
+        if not args.skip_v1 and v1_available():
+            results["tevatron v1"] = seconds_per_step(V1_PYTHON, work / "train", work, "v1", args)
+        results["ours"] = seconds_per_step(sys.executable, work / "train", work, "ours", args)
+        print(f"\nseconds per step (batch {args.batch} x {args.n_passages} passages, q32/p128, "
+              f"{'fp16' if args.fp16 else 'fp32'}):")
+        for name, seconds in results.items():
+            print(f"  {name:12s} {seconds:6.2f} s/step   {limit / seconds:5.0%} of the physical limit")
+        if "tevatron v1" in results:
+            print(f"  speed-up over v1: {results['tevatron v1'] / results['ours']:.2f}x")
+
+        if not args.skip_memory:
+            print(f"\npeak memory at batch {args.memory_batch} x {args.n_passages} (1 step, ours):")
+            for label, extra in (("plain", ()), ("--grad_cache", ("--grad_cache",))):
+                command = driver_command(sys.executable, work / "train", work / f"mem-{label}", 1, args, extra)
+                command[command.index("--per_device_train_batch_size") + 1] = args.memory_batch
+                _, peak_kb = run_timed(command)
+                print(f"  {label:13s} {peak_kb / 1024 ** 2:6.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""Tokenise a query file into encoder input JSON lines (see tevatron/preprocess/tokenize.py)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from tevatron.preprocess.tokenize import queries_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(queries_main())

@@ -1,0 +1,62 @@
+"""Training groups with hard negatives mined from a dense ranking (``qid \\t pid \\t score``).
+
+Candidates are ranks ``(skip_top, depth]`` of each query's ranking, best first, minus its positives;
+``--skip_top N`` keeps the very top out of the pool, where unjudged relevant passages (false negatives)
+gather.  Sampling, tokenising and writing are :mod:`tevatron.preprocess.build_train`'s.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from tevatron.io import InputError, iter_ranking_groups
+from tevatron.preprocess.build_train import (TrainSetOptions, add_common_arguments, build_training_set,
+                                             options_from_args)
+from tevatron.preprocess.common import file_signature, run_cli
+
+
+def iter_ranked_candidates(ranking_file, depth: int = 200, skip_top: int = 0) -> Iterator[tuple[str, list[str]]]:
+    """``(qid, pids at ranks skip_top+1 .. depth)`` per query block of a ranking.
+
+    Hits are ordered by score (stable, so a file already best-first keeps its order); rank positions
+    are counted before positives are removed, so a positive at the top does not pull a deeper
+    passage into the window.
+    """
+    if depth < 0 or skip_top < 0:
+        raise ValueError("depth and skip_top must not be negative")
+    for qid, hits in iter_ranking_groups(ranking_file):
+        ordered = sorted(hits, key=lambda hit: -float(hit[1]))
+        yield qid, [pid for pid, _ in ordered[skip_top:depth]]
+
+
+def build_train_hn(tokenizer_name: str, hn_file, qrels, queries, collection, save_to, depth: int = 200,
+                   skip_top: int = 0, options: TrainSetOptions = TrainSetOptions()) -> list[Path]:
+    """Write hard-negative training groups from ranking ``hn_file`` (see the module docstring)."""
+    if not Path(hn_file).is_file():
+        raise InputError(hn_file, "no such file")
+    params = {"hn_file": file_signature(hn_file), "depth": depth, "skip_top": skip_top}
+    return build_training_set(iter_ranked_candidates(hn_file, depth, skip_top), hn_file, tokenizer_name, qrels,
+                              queries, collection, save_to, options, params)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--hn_file", required=True, help="dense ranking qid \\t pid \\t score (train.rank.tsv)")
+    parser.add_argument("--depth", type=int, default=200, help="deepest rank to take negatives from")
+    parser.add_argument("--skip_top", type=int, default=0, help="ranks at the top never used as negatives")
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.depth < 0 or args.skip_top < 0:
+        parser.error("--depth and --skip_top must not be negative")
+    build_train_hn(args.tokenizer_name, args.hn_file, args.qrels, args.queries, args.collection, args.save_to,
+                   args.depth, args.skip_top, options_from_args(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
