@@ -310,11 +310,14 @@ def load_shard_ranking(path) -> dict:
 
 
 def write_ranking(path, ranking: Iterable[tuple[str, Sequence[tuple[str, float]]]]) -> None:
-    """Write ``qid\\tpid\\tscore`` lines, grouped by query, in the order given (best first)."""
+    """Write ``qid\\tpid\\tscore`` lines, grouped by query, in the order given (best first).
+
+    Float scores get 9 significant digits, enough to round-trip float32, so no ties appear in the text
+    that the vectors did not have."""
     with atomic_text_writer(path) as out:
         for qid, hits in ranking:
             for pid, score in hits:
-                out.write(f"{qid}\t{pid}\t{score:.6g}\n" if isinstance(score, float) else f"{qid}\t{pid}\t{score}\n")
+                out.write(f"{qid}\t{pid}\t{score:.9g}\n" if isinstance(score, float) else f"{qid}\t{pid}\t{score}\n")
 
 
 def read_run(path, kind: str = "auto") -> dict[str, dict[str, float]]:
