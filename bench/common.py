@@ -64,11 +64,17 @@ def write_train_groups(path: Path, tokenizer, n_groups: int, n_negatives: int = 
     return path
 
 
-def run_timed(command, env_extra=None) -> tuple[str, int]:
-    """Run a command; return its combined output and peak resident memory in KiB (GNU time)."""
+def run_timed(command, cwd, ours: bool) -> tuple[str, int]:
+    """Run a command; return its combined output and peak resident memory in KiB (GNU time).
+
+    It runs outside the repository so that ``python -m tevatron...`` under the v1 interpreter imports
+    the installed Tevatron v1, not this checkout; ours gets the checkout on PYTHONPATH."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", **(env_extra or {}))
-    result = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *map(str, command)], env=env,
+               TOKENIZERS_PARALLELISM="false")
+    env.pop("PYTHONPATH", None)
+    if ours:
+        env["PYTHONPATH"] = str(REPO_ROOT)
+    result = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *map(str, command)], env=env, cwd=cwd,
                             capture_output=True, text=True)
     output = result.stdout + result.stderr
     if result.returncode != 0:

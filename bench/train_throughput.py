@@ -56,7 +56,8 @@ def driver_command(python, train_dir, out, steps, args, extra=()):
 def seconds_per_step(python, train_dir, work: Path, name: str, args, extra=()) -> float:
     runtimes = {}
     for steps in (args.short, args.long):
-        output, _ = run_timed(driver_command(python, train_dir, work / f"{name}-{steps}", steps, args, extra))
+        output, _ = run_timed(driver_command(python, train_dir, work / f"{name}-{steps}", steps, args, extra),
+                              cwd=work, ours=python == sys.executable)
         runtimes[steps] = train_runtime(output)
     return (runtimes[args.long] - runtimes[args.short]) / (args.long - args.short)
 
@@ -100,7 +101,7 @@ def main():
             for label, extra in (("plain", ()), ("--grad_cache", ("--grad_cache",))):
                 command = driver_command(sys.executable, work / "train", work / f"mem-{label}", 1, args, extra)
                 command[command.index("--per_device_train_batch_size") + 1] = args.memory_batch
-                _, peak_kb = run_timed(command)
+                _, peak_kb = run_timed(command, cwd=work, ours=True)
                 print(f"  {label:13s} {peak_kb / 1024 ** 2:6.2f} GiB")
 
 

@@ -5,8 +5,9 @@
 Each file in ``DIR`` (sorted by name, hidden temp files skipped) is a binary shard ranking written by
 ``python -m tevatron.faiss_retriever`` for one passage shard.  The merge keeps a running
 ``[queries, k]`` score matrix and int64 global positions (shard offset + row in the shard), so memory
-is O(queries x depth) plus one compact byte array of passage ids per shard.  A stable sort puts
-earlier shards first on equal scores, which is the retriever's lower-position-first rule: reducing
+is O(queries x depth) plus one compact byte array of passage ids per shard.  The merge is stable
+(:func:`tevatron.faiss_retriever.retriever.merge_topk`, the retriever's own block merge): earlier
+shards come first on equal scores, which is the retriever's lower-position-first rule, so reducing
 per-shard results equals searching the concatenated shards at once.
 """
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from tevatron.faiss_retriever.retriever import merge_topk
 from tevatron.io import InputError, load_encodings, load_shard_ranking, write_ranking
 
 logger = logging.getLogger(__name__)
 
-MERGE_CHUNK_QUERIES = 8192
+MERGE_CHUNK_QUERIES = 1024
 
 
 @dataclass
@@ -34,7 +36,7 @@ class ReduceArguments:
     score_dir: str = field(metadata={"help": "folder of per-shard binary rankings"})
     query: str = field(metadata={"help": "the query encodings file the shards were searched with"})
     save_ranking_to: str = field(metadata={"help": "output 'qid<TAB>pid<TAB>score' ranking"})
-    depth: Optional[int] = field(default=None, metadata={"help": "results per query (default: the shards' depth)"})
+    depth: Optional[int] = field(default=None, metadata={"help": "results per query; unset: the shards' depth"})
 
 
 @dataclass
@@ -66,25 +68,28 @@ def compact_ids(ids: Sequence[str]) -> np.ndarray:
     return np.array([pid.encode("utf-8") for pid in ids], dtype=np.bytes_) if ids else np.array([], dtype="S1")
 
 
-def ranked_shard_rows(scores: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Order rows by score descending then index ascending; empty slots (index < 0) go last.
+def is_ranked(scores: torch.Tensor, indices: torch.Tensor) -> bool:
+    """True when every row is already score descending, ties by index ascending, with no padding."""
+    if scores.shape[1] < 2:
+        return bool((indices >= 0).all())
+    later, earlier = scores[:, 1:], scores[:, :-1]
+    in_order = (later < earlier) | ((later == earlier) & (indices[:, 1:] > indices[:, :-1]))
+    return bool(in_order.all()) and bool((indices >= 0).all())
 
-    The retriever already writes this order; re-sorting ([chunk, k], cheap) makes the merge correct
-    for shard files from any writer.
+
+def ranked_shard_rows(scores: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ordered by score descending then index ascending; empty slots (index < 0) go last.
+
+    The retriever already writes this order, and then this is one cheap check; files from other
+    writers (FAISS pads with -1, some do not sort) are re-sorted so the merge stays correct.
     """
+    if is_ranked(scores, indices):
+        return scores, indices
     scores = torch.where(indices < 0, torch.full_like(scores, float("-inf")), scores)
     indices, by_index = indices.sort(dim=1)
     scores = scores.gather(1, by_index)
     scores, by_score = scores.sort(dim=1, descending=True, stable=True)
     return scores, indices.gather(1, by_score)
-
-
-def merge_chunk(best_scores, best_positions, shard_scores, shard_positions, keep: int):
-    """Stable merge: on equal scores the running (earlier-shard) entries stay first."""
-    scores = torch.cat([best_scores, shard_scores], dim=1)
-    positions = torch.cat([best_positions, shard_positions], dim=1)
-    scores, order = scores.sort(dim=1, descending=True, stable=True)
-    return scores[:, :keep], positions.gather(1, order[:, :keep])
 
 
 def check_shard(path, payload: dict, query_ids: list[str], query_file) -> None:
@@ -109,8 +114,8 @@ def merge_into(best_scores, best_positions, shard_scores, shard_indices, offset:
         rows = slice(start, start + chunk)
         scores, indices = ranked_shard_rows(shard_scores[rows].to(torch.float32), shard_indices[rows].to(torch.int64))
         positions = torch.where(indices < 0, indices, indices + offset)
-        merged_scores[rows], merged_positions[rows] = merge_chunk(best_scores[rows], best_positions[rows],
-                                                                  scores, positions, keep)
+        merged_scores[rows], merged_positions[rows] = merge_topk(best_scores[rows], best_positions[rows],
+                                                                 scores, positions, keep)
     return merged_scores, merged_positions
 
 

@@ -31,11 +31,12 @@ from tevatron.io import InputError, load_encodings, save_shard_ranking, write_ra
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "faiss")
-# Score-matrix elements per (query batch x passage block) GEMM: 2^25 floats = 128 MiB.  Large enough
-# for the GEMM to run at full speed, small enough to stay bounded whatever the batch size.
-SCORE_BLOCK_ELEMENTS = 1 << 25
-MIN_BLOCK_ROWS = 1024
-MAX_BLOCK_ROWS = 1 << 16
+# One GEMM multiplies at most QUERY_CHUNK_ROWS queries with DEFAULT_BLOCK_ROWS passages: a 128 MiB
+# score buffer whatever --batch_size is.  Wide passage blocks matter more than tall query chunks: the
+# running top-k is merged once per block, so fewer, wider blocks mean less merging per query, while
+# 1024 queries already keep the GEMM at full speed and re-reading the passages per chunk is cheap.
+QUERY_CHUNK_ROWS = 1024
+DEFAULT_BLOCK_ROWS = 32768
 
 
 @dataclass
@@ -46,11 +47,11 @@ class SearchArguments:
     passage_reps: str = field(metadata={"help": "passage encodings file, or a glob of shards (searched in sorted order)"})
     save_ranking_to: str = field(metadata={"help": "output: binary shard ranking, or text with --save_text"})
     depth: int = field(default=1000, metadata={"help": "passages returned per query"})
-    batch_size: int = field(default=4096, metadata={"help": "queries searched together"})
+    batch_size: int = field(default=4096, metadata={"help": "queries per search call (one progress step)"})
     save_text: bool = field(default=False, metadata={"help": "write 'qid<TAB>pid<TAB>score' text instead of binary"})
     backend: str = field(default="auto", metadata={"help": "auto (= torch), torch or faiss", "choices": list(BACKENDS)})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output instead of skipping"})
-    passage_block_size: int = field(default=0, metadata={"help": "passages per GEMM block (torch; 0 = automatic)"})
+    passage_block_size: int = field(default=0, metadata={"help": f"passages per GEMM block (torch; 0 = {DEFAULT_BLOCK_ROWS})"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar"})
 
 
@@ -149,19 +150,30 @@ def exact_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 def merge_topk(scores_a, positions_a, scores_b, positions_b, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge two ranked lists per row where every position in ``a`` precedes every one in ``b``.
 
-    A stable sort of the concatenation keeps ``a`` ahead of ``b`` on equal scores, which is exactly
-    the lower-position-first rule.
+    Both inputs are ranked (score descending, ties by position), so each entry's place in the merged
+    row is its own rank plus the number of entries of the other list that beat it: a binary search
+    instead of a sort.  On equal scores ``a`` entries count as better, which is exactly the
+    lower-position-first rule.
     """
-    scores = torch.cat([scores_a, scores_b], dim=1)
-    positions = torch.cat([positions_a, positions_b], dim=1)
-    scores, order = scores.sort(dim=1, descending=True, stable=True)
-    keep = min(k, scores.shape[1])
-    return scores[:, :keep].contiguous(), positions.gather(1, order[:, :keep]).contiguous()
+    width_a, width_b = scores_a.shape[1], scores_b.shape[1]
+    keep = min(k, width_a + width_b)
+    if width_a == 0 or width_b == 0:
+        scores, positions = (scores_b, positions_b) if width_a == 0 else (scores_a, positions_a)
+        return scores[:, :keep].contiguous(), positions[:, :keep].contiguous()
+    ascending_a, ascending_b = scores_a.neg().contiguous(), scores_b.neg().contiguous()
+    slots_a = torch.searchsorted(ascending_b, ascending_a, right=False) + torch.arange(width_a)
+    slots_b = torch.searchsorted(ascending_a, ascending_b, right=True) + torch.arange(width_b)
+    rows = scores_a.shape[0]
+    scores = scores_a.new_empty((rows, width_a + width_b))
+    positions = torch.empty((rows, width_a + width_b), dtype=torch.int64)
+    scores.scatter_(1, slots_a, scores_a).scatter_(1, slots_b, scores_b)
+    positions.scatter_(1, slots_a, positions_a).scatter_(1, slots_b, positions_b)
+    return scores[:, :keep].contiguous(), positions[:, :keep].contiguous()
 
 
 def candidates_above(scores: torch.Tensor, threshold: torch.Tensor, mask: torch.Tensor, max_per_row: int
                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Entries strictly above each row's threshold, packed left into ``[q, m]`` (padding: -inf, -1).
+    """Entries strictly above each row's threshold, ranked into ``[q, m]`` (padding last: -inf, -1).
 
     Equal scores are excluded because a later block loses ties.  Returns None when some row has more
     than ``max_per_row`` candidates (then a plain top-k over the block is cheaper).
@@ -180,7 +192,8 @@ def candidates_above(scores: torch.Tensor, threshold: torch.Tensor, mask: torch.
     packed_columns = torch.full((scores.shape[0], widest), -1, dtype=torch.int64)
     packed_scores[rows, slot] = scores[rows, columns]
     packed_columns[rows, slot] = columns
-    return packed_scores, packed_columns
+    packed_scores, by_score = packed_scores.sort(dim=1, descending=True, stable=True)  # columns already ascend
+    return packed_scores, packed_columns.gather(1, by_score)
 
 
 # --------------------------------------------------------------------------- backends
@@ -198,17 +211,14 @@ def passage_blocks(shards: Sequence[torch.Tensor], block_rows: int) -> list[tupl
     return blocks
 
 
-def default_block_rows(batch_size: int) -> int:
-    return int(min(MAX_BLOCK_ROWS, max(MIN_BLOCK_ROWS, SCORE_BLOCK_ELEMENTS // max(batch_size, 1))))
-
-
 class TorchFlatIPSearcher:
-    """Blocked GEMM + running top-k; memory is one ``[batch, block]`` score buffer."""
+    """Blocked GEMM + running top-k; memory is one ``[query chunk, block]`` score buffer."""
 
-    def __init__(self, shards: Sequence[torch.Tensor], block_rows: int):
+    def __init__(self, shards: Sequence[torch.Tensor], block_rows: int = DEFAULT_BLOCK_ROWS,
+                 query_chunk_rows: int = QUERY_CHUNK_ROWS):
         self.blocks = passage_blocks(shards, block_rows)
         self.total = sum(int(shard.shape[0]) for shard in shards)
-        self.block_rows = block_rows
+        self.query_chunk_rows = query_chunk_rows
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _score_buffers(self, elements: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,8 +228,15 @@ class TorchFlatIPSearcher:
         return self._buffers
 
     def search(self, queries: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
-        queries = queries.to(torch.float32).contiguous()
         k = min(depth, self.total)
+        chunks = [self._search_chunk(queries[start:start + self.query_chunk_rows], k)
+                  for start in range(0, queries.shape[0], self.query_chunk_rows)]
+        if not chunks:
+            return queries.new_empty((0, k)), torch.empty((0, k), dtype=torch.int64)
+        return torch.cat([scores for scores, _ in chunks]), torch.cat([positions for _, positions in chunks])
+
+    def _search_chunk(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        queries = queries.to(torch.float32).contiguous()
         score_buffer, mask_buffer = self._score_buffers(queries.shape[0] * max(b.shape[0] for _, b in self.blocks))
         best_scores = queries.new_empty((queries.shape[0], 0))
         best_positions = torch.empty((queries.shape[0], 0), dtype=torch.int64)
@@ -277,7 +294,7 @@ class FaissFlatIPSearcher:
         return scores[chosen], positions[chosen]
 
 
-def build_searcher(backend: str, passages: PassageShards, block_rows: int) -> Searcher:
+def build_searcher(backend: str, passages: PassageShards, block_rows: int = DEFAULT_BLOCK_ROWS) -> Searcher:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "faiss":
@@ -305,7 +322,7 @@ def search_passages(query_reps: torch.Tensor, passages: PassageShards, depth: in
                     backend: str = "auto", block_rows: int = 0, progress: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Library entry point: ``(scores [Q, k], positions [Q, k])`` into ``passages.ids``."""
-    searcher = build_searcher(backend, passages, block_rows or default_block_rows(batch_size))
+    searcher = build_searcher(backend, passages, block_rows or DEFAULT_BLOCK_ROWS)
     return search_in_batches(searcher, query_reps, depth, batch_size, passages.count, progress)
 
 

@@ -1,0 +1,10 @@
+"""Evaluate a run against MS MARCO qrels: MRR @10 (official definition), Recall@50/100/1000, nDCG@10.
+
+    python msmarco-passage-ranking/ms_marco_eval.py QRELS RUN [--json OUT]
+
+A thin command line over :mod:`tevatron.evaluation` (same as ``python -m tevatron.evaluation``).
+"""
+from tevatron.evaluation import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""Convert a ``qid<TAB>pid<TAB>score`` ranking into ``FILE.marco`` (``qid pid rank``) and, with
+``--trec``, ``FILE.trec`` (``qid Q0 pid rank score tag``).
+
+    python msmarco-passage-ranking/score_to_marco.py ranking/rank.txt [--trec] [--tag NAME]
+
+Ranks follow the evaluation order (score descending, ties by passage id), so evaluating FILE and
+FILE.marco gives the same numbers.  The logic lives in :func:`tevatron.evaluation.convert_ranking`.
+"""
+import argparse
+import sys
+
+from tevatron.evaluation import convert_ranking
+from tevatron.io import InputError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("score_file", help="qid<TAB>pid<TAB>score ranking, lines grouped by query")
+    parser.add_argument("--trec", action="store_true", help="also write FILE.trec")
+    parser.add_argument("--tag", default="tevatron", help="run tag for the TREC file (one word)")
+    args = parser.parse_args(argv)
+    if not args.tag or any(ch.isspace() for ch in args.tag):
+        parser.error("--tag must be one non-empty word")
+    try:
+        for path in convert_ranking(args.score_file, trec=args.trec, tag=args.tag):
+            print(f"wrote {path}")
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
