@@ -219,3 +219,21 @@ def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, tiny_bert_dir
         assert torch.allclose(a[name], b[name], atol=1e-6), name
     midway = DenseModel.load(checkpoint).state_dict()
     assert any(not torch.equal(midway[n], a[n]) for n in a), "the resumed run trained further"
+
+
+def test_onednn_linear_layers_give_the_same_loss_and_gradients(tiny_bert_dir, tokenizer):
+    from tevatron.cpu_kernels import onednn_linear_available, use_onednn_linear
+
+    if not onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN linear op")
+    batch = make_batch(tokenizer, toy_groups(6))
+    reference_loss, reference = loss_and_grads(build_model(tiny_bert_dir, add_pooler=True), batch)
+    model = build_model(tiny_bert_dir, add_pooler=True)
+    assert use_onednn_linear(model, "onednn")
+    loss, grads = loss_and_grads(model, batch)
+    assert torch.allclose(loss, reference_loss, atol=1e-5)
+    for name in reference:
+        assert torch.allclose(grads[name], reference[name], atol=1e-6, rtol=1e-3), name
+    with torch.inference_mode():
+        assert torch.allclose(model.encode_query(batch["query"]),
+                              build_model(tiny_bert_dir, add_pooler=True).encode_query(batch["query"]), atol=1e-5)

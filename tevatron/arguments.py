@@ -27,10 +27,14 @@ class ModelArguments:
         "help": "cls, mean, or auto (follow a sentence-transformers 1_Pooling/config.json, else cls)"})
     temperature: float = field(default=1.0, metadata={"help": "similarity is divided by this before softmax"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
+    cpu_linear: str = field(default="auto", metadata={
+        "help": "CPU fp32 linear layers: auto (oneDNN where measured faster than MKL), onednn, or torch"})
 
     def __post_init__(self):
         if self.pooling not in ("cls", "mean", "auto"):
             raise ValueError(f"--pooling must be cls, mean or auto, not {self.pooling!r}")
+        if self.cpu_linear not in ("auto", "onednn", "torch"):
+            raise ValueError(f"--cpu_linear must be auto, onednn or torch, not {self.cpu_linear!r}")
         if self.temperature <= 0:
             raise ValueError("--temperature must be positive")
 

@@ -17,6 +17,7 @@ from transformers import HfArgumentParser
 from tevatron.arguments import DataArguments, EncodeArguments, ModelArguments
 from tevatron.data import SequencePadder, length_sorted_batches, read_encode_records, shard_range
 from tevatron.io import InputError, is_complete_encodings, save_encodings
+from tevatron.cpu_kernels import use_onednn_linear
 from tevatron.modeling import DenseModel
 from tevatron.tokenization import load_tokenizer
 
@@ -74,6 +75,8 @@ def main(argv=None) -> int:
                             normalize=model_args.normalize)
     device = encode_args.device
     model.to(device)
+    if device.type == "cpu":
+        use_onednn_linear(model, model_args.cpu_linear)
     autocast_dtype = torch.float16 if encode_args.fp16 else torch.bfloat16 if encode_args.bf16 else None
     reps = encode_texts(model, SequencePadder(tokenizer), texts, max_len, data_args.encode_is_qry,
                         encode_args.per_device_eval_batch_size, device, autocast_dtype)

@@ -11,6 +11,7 @@ from transformers import HfArgumentParser, set_seed
 from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingArguments
 from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups
 from tevatron.io import InputError
+from tevatron.cpu_kernels import use_onednn_linear
 from tevatron.modeling import DenseModel
 from tevatron.tokenization import load_tokenizer
 from tevatron.trainer import TevatronTrainer, shutdown_distributed
@@ -51,6 +52,8 @@ def main(argv=None) -> int:
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                cache_dir=model_args.cache_dir)
     model = DenseModel.build(model_args, negatives_x_device=training_args.negatives_x_device)
+    if training_args.device.type == "cpu":
+        use_onednn_linear(model, model_args.cpu_linear)
     vocab_size = model.lm_q.get_input_embeddings().num_embeddings
 
     with training_args.main_process_first(desc="loading training data"):
