@@ -10,6 +10,7 @@ shows a gain, and only for fp32 CPU tensors; anything else takes the ordinary pa
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import types
@@ -23,6 +24,11 @@ logger = logging.getLogger(__name__)
 
 def _onednn_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x2d, weight, bias, "none", [], "")
+
+
+def onednn_matmul_bt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` for fp32 CPU matrices through oneDNN (``b`` row-major [n, d], as stored)."""
+    return _onednn_linear(a.contiguous(), b if b.is_contiguous() else b.contiguous(), None)
 
 
 class _OneDnnLinearFunction(torch.autograd.Function):
@@ -63,6 +69,7 @@ def onednn_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+@functools.lru_cache(maxsize=None)  # one measurement per process
 def onednn_is_faster(rows: int = 4096, width: int = 384, repeats: int = 4) -> bool:
     """Measure both GEMM paths on a transformer-sized product; oneDNN must win by 15% to be used."""
     if not onednn_linear_available():
