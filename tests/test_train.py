@@ -95,28 +95,65 @@ def test_grad_cache_equals_plain_step(tiny_bert_dir, tokenizer):
             assert torch.allclose(grads_plain[name], grads_cached[name], atol=1e-5, rtol=1e-4), name
 
 
-def test_grad_cache_with_dropout_matches(tmp_path, tokenizer):
-    """The re-forward must replay the same dropout masks as the cached forward."""
+@pytest.mark.parametrize("dropout_kind", ["torch", "fast"])
+def test_grad_cache_replays_dropout_masks(tmp_path, tokenizer, dropout_kind):
+    """With dropout on, grad cache equals the plain step only if the re-forward replays the masks."""
     from conftest import make_tiny_bert
     from transformers import BertConfig, BertModel
+    from tevatron.cpu_kernels import use_fast_cpu_dropout
 
     path = tmp_path / "dropout_bert"
     make_tiny_bert(path)
     config = BertConfig.from_pretrained(path)
-    config.hidden_dropout_prob = 0.2
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.2
     BertModel.from_pretrained(path, config=config).save_pretrained(path)
     model = build_model(path)
+    if dropout_kind == "fast":
+        assert use_fast_cpu_dropout(model)
     model.train()
     batch = make_batch(tokenizer, toy_groups(4))
     torch.manual_seed(3)
-    _, grads_plain_first = loss_and_grads(model, {"query": batch["query"], "passage": batch["passage"]})
+    loss_plain, grads_plain = loss_and_grads(model, batch)
     torch.manual_seed(3)
     model.zero_grad()
-    # chunk sizes equal to the whole batch replay exactly the plain step's random draws
-    grad_cache_step(model, batch["query"], batch["passage"], 4, 16, model.compute_loss)
+    # chunks as large as the batch draw the random numbers in the plain step's order
+    loss_cached = grad_cache_step(model, batch["query"], batch["passage"], 4, 16, model.compute_loss)
+    assert torch.allclose(loss_plain, loss_cached, atol=1e-6)
     for name, param in model.named_parameters():
-        if param.grad is not None and name in grads_plain_first:
-            assert torch.isfinite(param.grad).all()
+        assert torch.allclose(param.grad, grads_plain[name], atol=1e-6, rtol=1e-4), name
+    torch.manual_seed(4)
+    assert not torch.allclose(loss_and_grads(model, batch)[0], loss_plain), "dropout is on"
+
+
+def test_fast_dropout_drops_p_and_keeps_the_mean():
+    from tevatron.cpu_kernels import fast_dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1_000_001, requires_grad=True)
+    y = fast_dropout(x, 0.1)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.002 and abs(y.mean().item() - 1.0) < 0.005
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach()), "the gradient is the mask times the scale"
+    assert torch.equal(fast_dropout(x, 0.0), x)
+
+
+def test_cpu_training_attention_matches_the_eager_formula():
+    from types import SimpleNamespace
+    from tevatron.cpu_kernels import cpu_training_attention, fast_dropout
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    mask[1, :, :, 3:] = False
+    module = SimpleNamespace(training=True)
+    torch.manual_seed(7)
+    out, _ = cpu_training_attention(module, q, k, v, mask, dropout=0.25, scaling=0.5)
+    scores = (q @ k.transpose(2, 3) * 0.5).masked_fill(~mask, torch.finfo(torch.float32).min)
+    torch.manual_seed(7)
+    expected = (fast_dropout(torch.softmax(scores, -1), 0.25) @ v).transpose(1, 2)
+    assert torch.allclose(out, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", [{}, {"untie_encoder": True}, {"add_pooler": True},
@@ -147,6 +184,9 @@ def test_pooling_auto_follows_sentence_transformers_config(minilm_dir, caplog):
         model = DenseModel.build(args)
     assert model.dense_config.pooling == "mean"
     assert "sentence-transformers pooling config" in caplog.text
+    published = DenseModel.load(minilm_dir, pooling="auto")  # zero-shot: the model as published
+    assert published.dense_config.pooling == "mean" and published.dense_config.normalize
+    assert not DenseModel.load(minilm_dir, pooling="mean").dense_config.normalize
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -29,12 +29,16 @@ class ModelArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
     cpu_linear: str = field(default="auto", metadata={
         "help": "CPU fp32 linear layers: auto (oneDNN where measured faster than MKL), onednn, or torch"})
+    cpu_dropout: str = field(default="fast", metadata={
+        "help": "CPU training dropout: fast (16 random bits an element, p rounded to 1/32768) or torch"})
 
     def __post_init__(self):
         if self.pooling not in ("cls", "mean", "auto"):
             raise ValueError(f"--pooling must be cls, mean or auto, not {self.pooling!r}")
         if self.cpu_linear not in ("auto", "onednn", "torch"):
             raise ValueError(f"--cpu_linear must be auto, onednn or torch, not {self.cpu_linear!r}")
+        if self.cpu_dropout not in ("fast", "torch"):
+            raise ValueError(f"--cpu_dropout must be fast or torch, not {self.cpu_dropout!r}")
         if self.temperature <= 0:
             raise ValueError("--temperature must be positive")
 

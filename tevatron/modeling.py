@@ -48,6 +48,15 @@ def sentence_transformers_pooling(model_dir) -> str | None:
     return None
 
 
+def sentence_transformers_normalizes(model_dir) -> bool:
+    """Whether a sentence-transformers model ends in a Normalize module (cosine similarity)."""
+    modules_path = Path(model_dir) / "modules.json"
+    if not modules_path.is_file():
+        return False
+    modules = json.loads(modules_path.read_text())
+    return any(str(m.get("type", "")).endswith(".Normalize") for m in modules if isinstance(m, dict))
+
+
 def resolve_pooling(requested: str, model_dir) -> str:
     """``auto`` follows a sentence-transformers pooling config (else cls); an explicit choice wins."""
     found = sentence_transformers_pooling(model_dir) if model_dir and Path(model_dir).is_dir() else None
@@ -187,6 +196,10 @@ class DenseModel(nn.Module):
         if not saved:  # a plain language model: take the caller's choices
             config.pooling = resolve_pooling(pooling or "cls", model_name_or_path)
             config.normalize = bool(normalize)
+            if pooling == "auto" and not normalize and path.is_dir() and sentence_transformers_normalizes(path):
+                # the model as published: sentence-transformers normalises its vectors (cosine)
+                logger.info("%s ends in a sentence-transformers Normalize module; --pooling auto follows it", path)
+                config.normalize = True
             if model_args is not None and model_args.add_pooler:
                 raise ValueError(f"{model_name_or_path} has no trained pooler ({POOLER_WEIGHTS})")
         elif pooling not in (None, "auto", config.pooling):

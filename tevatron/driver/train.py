@@ -11,7 +11,7 @@ from transformers import HfArgumentParser, set_seed
 from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingArguments
 from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups
 from tevatron.io import InputError
-from tevatron.cpu_kernels import use_onednn_linear
+from tevatron.cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
 from tevatron.modeling import DenseModel
 from tevatron.tokenization import load_tokenizer
 from tevatron.trainer import TevatronTrainer, shutdown_distributed
@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     model = DenseModel.build(model_args, negatives_x_device=training_args.negatives_x_device)
     if training_args.device.type == "cpu":
         use_onednn_linear(model, model_args.cpu_linear)
+        if model_args.cpu_dropout == "fast":
+            use_fast_cpu_dropout(model)
     vocab_size = model.lm_q.get_input_embeddings().num_embeddings
 
     with training_args.main_process_first(desc="loading training data"):

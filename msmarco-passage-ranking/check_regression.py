@@ -1,0 +1,68 @@
+"""Re-run a pinned pipeline and compare its scores with the pinned ones (like Pyserini's regressions).
+
+    python msmarco-passage-ranking/check_regression.py msmarco-passage-ranking/regressions/scifact-quick.json
+    python msmarco-passage-ranking/check_regression.py REGRESSION.json --skip_run --out runs/scifact-quick
+
+The regression file names the environment of the run (``env``), the metrics pinned for each row
+(``expected``) and the allowed absolute difference (``tolerance``).  Without ``--skip_run`` the
+pipeline (``run.sh --all``) runs first into ``--out``; finished steps there are skipped, so point
+``--out`` at a fresh folder for a full re-run.  Exit status 1 when any metric is off.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def compare(expected: dict, metrics_dir: Path, tolerance: float) -> list[str]:
+    """Print the comparison table; return the lines that fail."""
+    failures = []
+    print(f"{'row':10s} {'metric':11s} {'pinned':>8s} {'measured':>9s} {'diff':>8s}")
+    for row, pinned in expected.items():
+        path = metrics_dir / f"{row}.json"
+        measured = json.loads(path.read_text()) if path.is_file() else {}
+        for metric, value in pinned.items():
+            got = measured.get(metric)
+            if got is None:
+                failures.append(f"{row} {metric}: no measurement in {path}")
+                print(f"{row:10s} {metric:11s} {value:8.4f} {'missing':>9s}")
+                continue
+            diff = got - value
+            flag = "" if abs(diff) <= tolerance else "  <-- off"
+            print(f"{row:10s} {metric:11s} {value:8.4f} {got:9.4f} {diff:+8.4f}{flag}")
+            if flag:
+                failures.append(f"{row} {metric}: pinned {value:.4f}, measured {got:.4f}")
+    return failures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("regression", type=Path)
+    parser.add_argument("--out", type=Path, help="run folder (default runs/regression-<name>)")
+    parser.add_argument("--skip_run", action="store_true", help="only compare the metrics already in --out")
+    args = parser.parse_args(argv)
+    spec = json.loads(args.regression.read_text())
+    out = args.out or REPO_ROOT / "runs" / f"regression-{args.regression.stem}"
+    if not args.skip_run:
+        env = dict(os.environ, **{k: str(v) for k, v in spec.get("env", {}).items()}, OUT=str(out))
+        print(f"running the pipeline into {out} with {spec.get('env', {})}", flush=True)
+        result = subprocess.run(["bash", str(REPO_ROOT / "run.sh"), "--all"], cwd=REPO_ROOT, env=env)
+        if result.returncode != 0:
+            print(f"error: the pipeline failed (exit {result.returncode})", file=sys.stderr)
+            return 2
+    failures = compare(spec["expected"], out / "metrics", float(spec.get("tolerance", 0.01)))
+    if failures:
+        print("\nregression FAILED:\n  " + "\n  ".join(failures))
+        return 1
+    print("\nall metrics within tolerance")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
