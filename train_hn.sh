@@ -36,6 +36,7 @@ do_train_hn() {
     --tokenizer_name "$TOKENIZER" --pooling "$POOLING" --train_dir "$OUT/train-stage2" \
     --per_device_train_batch_size "$BATCH" --train_n_passages "$N_PASSAGES" --learning_rate "$HN_LR" \
     --num_train_epochs "$HN_EPOCHS" --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --seed "$SEED" \
+    --temperature "$TEMPERATURE" $(normalize_flag) \
     --save_steps "$SAVE_STEPS" --logging_steps 50 --dataloader_num_workers "$WORKERS" \
     $(precision_flags) $TRAIN_EXTRA
   touch "$HN_MODEL/.complete"

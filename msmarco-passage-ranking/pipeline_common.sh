@@ -51,6 +51,8 @@ precision_flags() {
   esac
 }
 
+normalize_flag() { [[ ${NORMALIZE:-0} == 1 ]] && echo "--normalize" || true; }
+
 corpus_splits() { ls "$DATA_DIR"/bert/corpus/split*.json 2>/dev/null | sort; }
 
 # encode_corpus MODEL_DIR ENC_DIR: one encodings file per corpus split (complete ones are kept).

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
+import re
+import shutil
 import sys
 
 from transformers import HfArgumentParser, set_seed
@@ -18,6 +21,8 @@ from tevatron.trainer import TevatronTrainer, shutdown_distributed
 
 logger = logging.getLogger("tevatron.driver.train")
 
+_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")  # transformers' PREFIX_CHECKPOINT_DIR-<step>
+
 
 def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, TevatronTrainingArguments))
@@ -27,16 +32,43 @@ def parse_args(argv=None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def _checkpoint_to_resume(output_dir) -> str | None:
-    """The last checkpoint of an interrupted run in ``output_dir``; refuse other non-empty folders."""
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_is_complete(path) -> bool:
+    """True when the Trainer finished saving checkpoint ``path``.
 
+    ``Trainer._save_checkpoint`` writes ``trainer_state.json`` last (after weights, optimizer, scheduler
+    and RNG states), and not atomically, so a checkpoint is finished only when that file parses and
+    names the checkpoint's own step; a run killed while saving leaves a folder without it, or cut."""
+    try:
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    step = _CHECKPOINT_NAME.fullmatch(os.path.basename(os.path.normpath(path)))
+    return isinstance(state, dict) and step is not None and state.get("global_step") == int(step.group(1))
+
+
+def _checkpoint_to_resume(output_dir) -> str | None:
+    """The last finished checkpoint of an interrupted run in ``output_dir``; refuse other non-empty folders.
+
+    Unfinished checkpoints (the run was killed while saving them) are removed, so that neither this
+    resume nor the checkpoint rotation of the resumed run ever reads one."""
     if not os.path.isdir(output_dir) or not os.listdir(output_dir):
         return None
-    last = get_last_checkpoint(output_dir)
-    if last is None:
+    steps = {}
+    for name in os.listdir(output_dir):
+        match = _CHECKPOINT_NAME.fullmatch(name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            steps[os.path.join(output_dir, name)] = int(match.group(1))
+    complete = [path for path in steps if checkpoint_is_complete(path)]
+    for path in sorted(set(steps) - set(complete), key=steps.get):
+        logger.warning("removing %s: unfinished (the run was interrupted while saving it)", path)
+        shutil.rmtree(path, ignore_errors=True)
+    if not complete:
+        if not os.listdir(output_dir):
+            return None  # only unfinished checkpoints were there: start afresh
         raise InputError(output_dir, "output directory is not empty and holds no checkpoint; "
                          "use --overwrite_output_dir to train into it")
+    last = max(complete, key=steps.get)
     logger.info("resuming the interrupted run from %s", last)
     return last
 
