@@ -7,6 +7,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,3 +90,34 @@ def train_runtime(output: str) -> float:
     if not found:
         raise RuntimeError("no train_runtime in the output:\n" + output[-2000:])
     return float(found[-1])
+
+
+def measure_matmul_peak(device, dtype, size=2048, repeats=8):
+    """Best GFLOP/s of a size^3 product: torch.mm (MKL on CPU) and, on CPU, oneDNN's linear."""
+    import torch
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    kernels = {"torch.mm": lambda: torch.mm(a, b)}
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
+                                                                                 "_linear_pointwise"):
+        kernels["oneDNN linear"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    rates = {}
+    for name, kernel in kernels.items():
+        kernel()
+        best = float("inf")
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            kernel()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+        rates[name] = 2 * size ** 3 / best / 1e9
+    return rates
+
+
+def non_embedding_parameters(model_dir) -> int:
+    from transformers import AutoModel
+    model = AutoModel.from_pretrained(model_dir)
+    return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n and "pooler" not in n)

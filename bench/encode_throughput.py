@@ -49,7 +49,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import V1_PYTHON, minilm_dir, run_timed, scifact_texts, v1_available  # noqa: E402
+from common import (V1_PYTHON, measure_matmul_peak, minilm_dir, non_embedding_parameters, run_timed,  # noqa: E402
+                    scifact_texts, v1_available)
 
 Q_MAX_LEN, P_MAX_LEN = 32, 128
 MARCO_PASSAGE = dict(median=72, mean=79, cap_fraction=0.10, low=16, high=P_MAX_LEN)
@@ -133,37 +134,6 @@ def write_jsonl(path: Path, texts, offset=0):
 
 
 # --------------------------------------------------------------------------- the physical limit
-def measure_matmul_peak(device, dtype, size=2048, repeats=8):
-    """Best GFLOP/s of a size^3 product: torch.mm (MKL on CPU) and, on CPU, oneDNN's linear."""
-    import torch
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    kernels = {"torch.mm": lambda: torch.mm(a, b)}
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
-                                                                                 "_linear_pointwise"):
-        kernels["oneDNN linear"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
-    rates = {}
-    for name, kernel in kernels.items():
-        kernel()
-        best = float("inf")
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            kernel()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-        rates[name] = 2 * size ** 3 / best / 1e9
-    return rates
-
-
-def non_embedding_parameters(model_dir) -> int:
-    from transformers import AutoModel
-    model = AutoModel.from_pretrained(model_dir)
-    return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n and "pooler" not in n)
-
-
 # --------------------------------------------------------------------------- timing
 def driver_command(python, in_path, save_path, out_dir, is_query, args):
     return [python, "-m", "tevatron.driver.encode", "--model_name_or_path", minilm_dir(),

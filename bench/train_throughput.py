@@ -13,30 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import V1_PYTHON, minilm_dir, run_timed, train_runtime, v1_available, write_train_groups  # noqa: E402
-
-
-def measure_matmul_peak() -> float:
-    """fp32 GFLOP/s of a large square matmul on this machine (the CPU's practical ceiling)."""
-    import torch
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    torch.mm(a, b)
-    start, repeats = time.perf_counter(), 10
-    for _ in range(repeats):
-        torch.mm(a, b)
-    return 2 * 2048 ** 3 * repeats / (time.perf_counter() - start) / 1e9
+from common import (V1_PYTHON, measure_matmul_peak, minilm_dir, non_embedding_parameters, run_timed,  # noqa: E402
+                    train_runtime, v1_available, write_train_groups)
 
 
 def physical_limit(model_dir: Path, train_file: Path, batch: int, n_passages: int, gflops: float) -> float:
     """3 (fwd + 2x bwd) x 2 x non-embedding parameters x real tokens of an average step, at the peak."""
     import json
-    from transformers import AutoModel
-    model = AutoModel.from_pretrained(model_dir)
-    non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+    non_embedding = non_embedding_parameters(model_dir)
     groups = [json.loads(line) for line in open(train_file)]
     q_tokens = sum(len(g["query"]) + 2 for g in groups) / len(groups)
     p_tokens = sum(len(p) + 2 for g in groups for p in g["positives"][:1] + g["negatives"]) / len(groups)
@@ -81,9 +68,13 @@ def main():
         work = Path(tmp)
         n_groups = max(args.batch * (args.long + 1), args.memory_batch * 2)
         train_file = write_train_groups(work / "train" / "train.jsonl", tokenizer, n_groups)
-        gflops = measure_matmul_peak()
+        import torch
+        rates = measure_matmul_peak(torch.device("cuda" if args.fp16 else "cpu"),
+                                    torch.float16 if args.fp16 else torch.float32)
+        gflops = max(rates.values())
         limit = physical_limit(minilm_dir(), train_file, args.batch, args.n_passages, gflops)
-        print(f"fp32 matmul peak here: {gflops:.0f} GFLOP/s; physical limit of one step: {limit:.2f} s")
+        print("matmul peak here: " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
+              + f" GFLOP/s; physical limit of one step at {gflops:.0f}: {limit:.2f} s")
 
         results = {}
         if not args.skip_v1 and v1_available():
