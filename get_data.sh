@@ -25,33 +25,10 @@ CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-10}
 ROCKETQA_URL=${ROCKETQA_URL:-https://rocketqa.bj.bcebos.com/corpus/marco.tar.gz}
 QRELS_TRAIN_URL=${QRELS_TRAIN_URL:-https://msmarco.blob.core.windows.net/msmarcoranking/qrels.train.tsv}
 
-SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/msmarco-passage-ranking"
 RAW_DIR=$DATA_DIR/download
-CURRENT_STEP=setup
-STEP_TIMES=()
+# run_step (skip complete outputs, name and time each step, name the failing one), have_files, SCRIPTS
+source "$(dirname "${BASH_SOURCE[0]}")/msmarco-passage-ranking/pipeline_common.sh"
 
-trap 'echo "get_data.sh: step \"$CURRENT_STEP\" failed (exit $?)" >&2' ERR
-
-now_ms() { date +%s%3N; }
-
-# run_step NAME: runs do_NAME unless done_NAME says its outputs are complete; prints the name and time.
-run_step() {
-  local name=$1 start elapsed
-  CURRENT_STEP=$name
-  if "done_$name"; then
-    echo "==> $name: outputs complete, skipped"
-    STEP_TIMES+=("$name skipped")
-    return 0
-  fi
-  echo "==> $name"
-  start=$(now_ms)
-  "do_$name"
-  elapsed=$(( $(now_ms) - start ))
-  printf '==> %s done in %d.%03ds\n' "$name" $((elapsed / 1000)) $((elapsed % 1000))
-  STEP_TIMES+=("$(printf '%s %d.%03ds' "$name" $((elapsed / 1000)) $((elapsed % 1000)))")
-}
-
-have_files() { local f; for f in "$@"; do [[ -f $f ]] || return 1; done; }
 never_done() { return 1; }   # directory outputs: the step itself compares the recorded parameters
 
 # download URL TARGET: atomic (via TARGET.part); offline it fails within CONNECT_TIMEOUT with one line.

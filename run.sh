@@ -64,16 +64,7 @@ done_zero_shot() { [[ $ZERO_SHOT != 1 ]] || have_files "$OUT/metrics/zero_shot.j
 do_zero_shot() { encode_search_eval "$MODEL" zero_shot; }
 
 done_train() { have_files "$OUT/model/.complete"; }
-do_train() {
-  "$PYTHON" -m tevatron.driver.train --output_dir "$OUT/model" --model_name_or_path "$MODEL" \
-    --tokenizer_name "$TOKENIZER" --pooling "$POOLING" --train_dir "$DATA_DIR/bert/train" \
-    --per_device_train_batch_size "$BATCH" --train_n_passages "$N_PASSAGES" --learning_rate "$LR" \
-    --num_train_epochs "$EPOCHS" --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --seed "$SEED" \
-    --temperature "$TEMPERATURE" $(normalize_flag) \
-    --save_steps "$SAVE_STEPS" --logging_steps 50 --dataloader_num_workers "$WORKERS" \
-    $(precision_flags) $TRAIN_EXTRA
-  touch "$OUT/model/.complete"
-}
+do_train() { train_model "$MODEL" "$DATA_DIR/bert/train" "$OUT/model" "$LR" "$EPOCHS"; }
 
 done_stage1_eval() { have_files "$OUT/metrics/stage1.json"; }
 do_stage1_eval() { encode_search_eval "$OUT/model" stage1; }

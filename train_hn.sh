@@ -31,16 +31,7 @@ do_combine() {
 }
 
 done_train_hn() { have_files "$HN_MODEL/.complete"; }
-do_train_hn() {
-  "$PYTHON" -m tevatron.driver.train --output_dir "$HN_MODEL" --model_name_or_path "$INIT_MODEL" \
-    --tokenizer_name "$TOKENIZER" --pooling "$POOLING" --train_dir "$OUT/train-stage2" \
-    --per_device_train_batch_size "$BATCH" --train_n_passages "$N_PASSAGES" --learning_rate "$HN_LR" \
-    --num_train_epochs "$HN_EPOCHS" --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --seed "$SEED" \
-    --temperature "$TEMPERATURE" $(normalize_flag) \
-    --save_steps "$SAVE_STEPS" --logging_steps 50 --dataloader_num_workers "$WORKERS" \
-    $(precision_flags) $TRAIN_EXTRA
-  touch "$HN_MODEL/.complete"
-}
+do_train_hn() { train_model "$INIT_MODEL" "$OUT/train-stage2" "$HN_MODEL" "$HN_LR" "$HN_EPOCHS"; }
 
 done_stage2_eval() { have_files "$OUT/metrics/stage2.json"; }
 do_stage2_eval() { encode_search_eval "$HN_MODEL" stage2; }

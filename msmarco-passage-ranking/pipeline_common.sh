@@ -53,6 +53,19 @@ precision_flags() {
 
 normalize_flag() { [[ ${NORMALIZE:-0} == 1 ]] && echo "--normalize" || true; }
 
+# train_model INIT_MODEL TRAIN_DIR OUTPUT_DIR LR EPOCHS: one training run with the settings of run.sh;
+# a finished run is marked OUTPUT_DIR/.complete (an interrupted one resumes from its last checkpoint).
+train_model() {
+  "$PYTHON" -m tevatron.driver.train --output_dir "$3" --model_name_or_path "$1" --train_dir "$2" \
+    --tokenizer_name "$TOKENIZER" --pooling "$POOLING" --learning_rate "$4" --num_train_epochs "$5" \
+    --per_device_train_batch_size "$BATCH" --train_n_passages "$N_PASSAGES" \
+    --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --seed "$SEED" \
+    --temperature "$TEMPERATURE" $(normalize_flag) \
+    --save_steps "$SAVE_STEPS" --logging_steps 50 --dataloader_num_workers "$WORKERS" \
+    $(precision_flags) $TRAIN_EXTRA
+  touch "$3/.complete"
+}
+
 corpus_splits() { ls "$DATA_DIR"/bert/corpus/split*.json 2>/dev/null | sort; }
 
 # encode_corpus MODEL_DIR ENC_DIR: one encodings file per corpus split (complete ones are kept).

@@ -7,12 +7,12 @@ Ranks follow the evaluation order (score descending, ties by passage id), so eva
 FILE.marco gives the same numbers.  The logic lives in :func:`tevatron.evaluation.convert_ranking`.
 """
 import argparse
-import sys
 
 from tevatron.evaluation import convert_ranking
-from tevatron.io import InputError
+from tevatron.io import report_input_errors
 
 
+@report_input_errors
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("score_file", help="qid<TAB>pid<TAB>score ranking, lines grouped by query")
@@ -21,12 +21,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.tag or any(ch.isspace() for ch in args.tag):
         parser.error("--tag must be one non-empty word")
-    try:
-        for path in convert_ranking(args.score_file, trec=args.trec, tag=args.tag):
-            print(f"wrote {path}")
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for path in convert_ranking(args.score_file, trec=args.trec, tag=args.tag):
+        print(f"wrote {path}")
     return 0
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO_ROOT, run_module, toy_groups, write_jsonl
+from helpers import REPO_ROOT, toy_groups, write_jsonl
 from test_train import build_model, loss_and_grads, make_batch
 from tevatron.gradcache import grad_cache_step
 from tevatron.tokenization import load_tokenizer

@@ -9,7 +9,7 @@ from transformers import AutoModel
 
 from helpers import error_lines, run_module, toy_groups, write_jsonl
 from tevatron.arguments import DataArguments, ModelArguments
-from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups, sample_group
+from tevatron.data import SequencePadder, TrainCollator, load_train_groups, sample_group
 from tevatron.gradcache import grad_cache_step
 from tevatron.io import InputError
 from tevatron.modeling import DenseModel

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from tevatron.io import (InputError, atomic_text_writer, iter_ranking_groups, read_qrels, read_run,
-                         write_marco_run, write_trec_run)
+                        report_input_errors, write_marco_run, write_trec_run)
 
 MRR_CUTOFF = 10
 RECALL_CUTOFFS = (50, 100, 1000)
@@ -146,14 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@report_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        qrels = read_qrels(args.qrels)
-        run = read_run(args.run, args.run_format)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    qrels = read_qrels(args.qrels)
+    run = read_run(args.run, args.run_format)
     metrics, counts = evaluate(qrels, run), query_counts(qrels, run)
     print(format_report(metrics, counts))
     if args.json_path:

@@ -7,8 +7,10 @@ finished.  Ids are strings everywhere.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -34,6 +36,19 @@ class InputError(ValueError):
         self.line = line
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {message.translate(_LINE_BREAKS)}")
+
+
+def report_input_errors(main):
+    """Decorate a command line's ``main``: bad input becomes one ``error: file:line: message`` line on
+    stderr and exit status 2 instead of a traceback (tracebacks are for bugs)."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    return wrapped
 
 
 # --------------------------------------------------------------------------- atomic writes

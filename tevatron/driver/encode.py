@@ -16,7 +16,7 @@ from transformers import HfArgumentParser
 
 from tevatron.arguments import DataArguments, EncodeArguments, ModelArguments
 from tevatron.data import SequencePadder, length_sorted_batches, read_encode_records, shard_range
-from tevatron.io import InputError, is_complete_encodings, save_encodings
+from tevatron.io import InputError, is_complete_encodings, report_input_errors, save_encodings
 from tevatron.cpu_kernels import use_onednn_linear
 from tevatron.modeling import DenseModel
 from tevatron.tokenization import load_tokenizer
@@ -48,6 +48,7 @@ def encode_texts(model: DenseModel, padder: SequencePadder, texts, max_len: int,
     return output
 
 
+@report_input_errors
 def main(argv=None) -> int:
     parser = HfArgumentParser((ModelArguments, DataArguments, EncodeArguments))
     model_args, data_args, encode_args = parser.parse_args_into_dataclasses(args=argv)
@@ -86,14 +87,5 @@ def main(argv=None) -> int:
     return 0
 
 
-def run() -> None:
-    try:
-        code = main()
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
-
-
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

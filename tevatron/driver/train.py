@@ -13,7 +13,7 @@ from transformers import HfArgumentParser, set_seed
 
 from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingArguments
 from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups
-from tevatron.io import InputError
+from tevatron.io import InputError, report_input_errors
 from tevatron.cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
 from tevatron.modeling import DenseModel
 from tevatron.tokenization import load_tokenizer
@@ -73,6 +73,7 @@ def _checkpoint_to_resume(output_dir) -> str | None:
     return last
 
 
+@report_input_errors
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
@@ -112,14 +113,5 @@ def main(argv=None) -> int:
     return 0
 
 
-def run() -> None:
-    try:
-        code = main()
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
-
-
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

@@ -13,7 +13,6 @@ per-shard results equals searching the concatenated shards at once.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from tevatron.faiss_retriever.retriever import merge_topk
-from tevatron.io import InputError, load_encodings, load_shard_ranking, write_ranking
+from tevatron.io import InputError, load_encodings, load_shard_ranking, report_input_errors, write_ranking
 
 logger = logging.getLogger(__name__)
 
@@ -187,14 +186,11 @@ def parse_arguments(argv: Sequence[str] | None) -> ReduceArguments:
     return args
 
 
+@report_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        run_reduce(args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run_reduce(args)
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from tevatron.cpu_kernels import onednn_matmul_bt
-from tevatron.io import InputError, load_encodings, save_shard_ranking, write_ranking
+from tevatron.io import InputError, load_encodings, report_input_errors, save_shard_ranking, write_ranking
 
 logger = logging.getLogger(__name__)
 
@@ -379,12 +378,9 @@ def parse_arguments(argv: Sequence[str] | None) -> SearchArguments:
     return args
 
 
+@report_input_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        run_search(args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run_search(args)
     return 0
