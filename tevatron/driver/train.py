@@ -102,9 +102,7 @@ def main(argv=None) -> int:
     trainer = TevatronTrainer(model=model, args=training_args, train_dataset=train_dataset,
                               data_collator=collator, processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(training_args.output_dir)
+    trainer.save_model()  # TevatronTrainer._save writes the tokenizer beside the weights
 
     # Drop the model and optimizer before tearing down the process group (gloo aborts otherwise).
     del trainer, model
