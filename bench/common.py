@@ -75,13 +75,13 @@ def run_timed(command, cwd, ours: bool) -> tuple[str, int]:
     env.pop("PYTHONPATH", None)
     if ours:
         env["PYTHONPATH"] = str(REPO_ROOT)
-    result = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *map(str, command)], env=env, cwd=cwd,
-                            capture_output=True, text=True)
+    timer = ["/usr/bin/time", "-f", "MAXRSS_KB=%M"] if Path("/usr/bin/time").is_file() else []
+    result = subprocess.run([*timer, *map(str, command)], env=env, cwd=cwd, capture_output=True, text=True)
     output = result.stdout + result.stderr
     if result.returncode != 0:
         raise RuntimeError(f"command failed ({result.returncode}): {' '.join(map(str, command))}\n{output[-3000:]}")
-    peak = int(re.findall(r"MAXRSS_KB=(\d+)", output)[-1])
-    return output, peak
+    peaks = re.findall(r"MAXRSS_KB=(\d+)", output)
+    return output, int(peaks[-1]) if peaks else -1   # -1: no GNU time on this machine
 
 
 def train_runtime(output: str) -> float:

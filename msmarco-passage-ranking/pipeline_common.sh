@@ -75,7 +75,7 @@ encode_corpus() {
   for split in $(corpus_splits); do
     name=$(basename "$split" .json)
     "$PYTHON" -m tevatron.driver.encode --output_dir "$enc_dir" --model_name_or_path "$model" \
-      --per_device_eval_batch_size "$ENCODE_BATCH" --p_max_len "$P_MAX_LEN" --pooling "$POOLING" \
+      --per_device_eval_batch_size "$ENCODE_BATCH" --p_max_len "${CORPUS_MAX_LEN:-$P_MAX_LEN}" --pooling "$POOLING" \
       --encode_in_path "$split" --encoded_save_path "$enc_dir/$name.pt" $(precision_flags)
   done
 }

@@ -55,7 +55,12 @@ def malformed_encode_input(folder: Path) -> None:
     write_lines(folder / "corpus.json", '{"text_id": "p1", "text": [5, 6]}', '{"text_id": "p2", "text": [5,')
 
 
-def marco_data(folder: Path, empty_passage: bool = False, unknown_ids: bool = False) -> None:
+def out_of_vocab_encode_input(folder: Path) -> None:
+    write_lines(folder / "corpus.json", '{"text_id": "p1", "text": [5, 6]}', '{"text_id": "p2", "text": [5, 99999]}')
+
+
+def marco_data(folder: Path, empty_passage: bool = False, unknown_ids: bool = False,
+               repeated_query: bool = False) -> None:
     """corpus.tsv (p1..p6), train queries q1 q2, qrels, BM25-style negatives."""
     write_tsv(folder / "corpus.tsv", [("p1", "", "alpha bravo"), ("p2", "Title", "charlie delta"),
                                       ("p3", "", "" if empty_passage else "echo foxtrot"),
@@ -66,7 +71,8 @@ def marco_data(folder: Path, empty_passage: bool = False, unknown_ids: bool = Fa
         qrels["q1"]["p-unknown"] = 1          # a passage the corpus lacks
         qrels["q-unknown"] = {"p1": 1}        # a query the queries file lacks
     write_qrels(folder / "qrels.train.tsv", qrels)
-    write_tsv(folder / "train.negatives.tsv", [("q1", "p3,p4,p5"), ("q2", "p3,p5,p6")])
+    negatives = [("q1", "p3,p4,p5"), ("q2", "p3,p5,p6")] + ([("q1", "p6")] if repeated_query else [])
+    write_tsv(folder / "train.negatives.tsv", negatives)
 
 
 BUILD_TRAIN_ARGS = ("--tokenizer_name", TOKENIZER, "--negative_file", "train.negatives.tsv", "--qrels",
@@ -149,6 +155,17 @@ CASES = {
          "--encode_in_path", "corpus.json", "--encoded_save_path", "enc/corpus.pt"),
         error="corpus.json:2: malformed JSON (Expecting value at column 30)", outputs=("enc/corpus.pt",),
         needs=("model",)),
+    "encode-token-out-of-vocab": Case(
+        "token id outside the model's vocabulary in an encode input", out_of_vocab_encode_input,
+        ("-m", "tevatron.driver.encode", "--output_dir", "enc", "--model_name_or_path", "{model}",
+         "--encode_in_path", "corpus.json", "--encoded_save_path", "enc/corpus.pt"),
+        error="corpus.json:2: token id 99999 is outside the vocabulary (size 30522)", outputs=("enc/corpus.pt",),
+        needs=("model",)),
+    "negatives-repeated-query": Case(
+        "query id repeated in a negatives file", lambda f: marco_data(f, repeated_query=True),
+        ("build_train.py",) + BUILD_TRAIN_ARGS,
+        error="train.negatives.tsv:3: query id 'q1' repeated (first on line 1)", outputs=("train/split00.json",),
+        needs=("tokenizer",)),
     "corpus-empty-passage": Case(
         "corpus row with empty text (no title either)", lambda f: marco_data(f, empty_passage=True),
         ("build_train.py",) + BUILD_TRAIN_ARGS, status=0,

@@ -132,3 +132,15 @@ def test_encodings_load_without_pickle_and_bad_input_is_one_line(trained_dirs, t
     assert result.returncode == 2
     assert error_lines(result.stderr) == [f"error: {bad}:2: missing field 'text'"]
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_max_len_beyond_the_models_positions_is_cut_with_a_warning(trained_dirs, tmp_path):
+    """The tiny model has 160 positions: --p_max_len 400 must not crash inside the embedding layer."""
+    long_texts = [{"text_id": f"d{i}", "text": list(range(1000, 1300 + i))} for i in range(3)]
+    in_path = write_jsonl(tmp_path / "long.json", long_texts)
+    result = _encode(trained_dirs["tied"], in_path, tmp_path / "long.pt", "--p_max_len", 400)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--p_max_len 400 is longer than the model's 160 positions; cutting texts at 160" in result.stderr
+    cut = _encode(trained_dirs["tied"], in_path, tmp_path / "cut.pt", "--p_max_len", 160)
+    assert cut.returncode == 0
+    assert torch.equal(load_encodings(tmp_path / "long.pt")[0], load_encodings(tmp_path / "cut.pt")[0])

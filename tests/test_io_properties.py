@@ -166,26 +166,26 @@ TEXT_READERS["validate_train_record"] = (".jsonl", _validate_all_train_records)
 READER_NAMES = sorted(TEXT_READERS)
 
 
-@pytest.mark.parametrize("reader", READER_NAMES)
-@SETTINGS
-@given(data=byte_files)
-def test_random_bytes(reader, data):
+def read_garbage(reader: str, data: bytes) -> None:
     suffix, function = TEXT_READERS[reader]
     with scratch() as folder:
         path = folder / f"input{suffix}"
         path.write_bytes(data)
         parses_or_input_error(function, path)
+
+
+@pytest.mark.parametrize("reader", READER_NAMES)
+@SETTINGS
+@given(data=byte_files)
+def test_random_bytes(reader, data):
+    read_garbage(reader, data)
 
 
 @pytest.mark.parametrize("reader", READER_NAMES)
 @SETTINGS
 @given(data=text_files)
 def test_random_text_lines(reader, data):
-    suffix, function = TEXT_READERS[reader]
-    with scratch() as folder:
-        path = folder / f"input{suffix}"
-        path.write_bytes(data)
-        parses_or_input_error(function, path)
+    read_garbage(reader, data)
 
 
 @pytest.mark.parametrize("reader", ["iter_jsonl", "read_queries_jsonl", "iter_collection_jsonl",

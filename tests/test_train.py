@@ -191,6 +191,16 @@ def test_pooling_auto_follows_sentence_transformers_config(minilm_dir, caplog):
     assert not DenseModel.load(minilm_dir, pooling="mean").dense_config.normalize
 
 
+def test_pooling_auto_continues_with_the_pooling_a_saved_model_was_trained_with(tiny_bert_dir, tmp_path, caplog):
+    """Stage 2 starting from the stage-1 model (HN_INIT=stage1) must keep its pooling, not fall back to cls."""
+    build_model(tiny_bert_dir, pooling="mean").save(tmp_path / "stage1")
+    with caplog.at_level("INFO"):
+        continued = build_model(tmp_path / "stage1", pooling="auto")
+    assert continued.dense_config.pooling == "mean"
+    assert "trained with mean pooling; --pooling auto follows it" in caplog.text
+    assert build_model(tmp_path / "stage1", pooling="cls").dense_config.pooling == "cls"  # asked for explicitly
+
+
 # ----------------------------------------------------------------------------- bad input
 BAD_INPUTS = {
     "malformed JSON": ('{"query": [1, 2], "positives": [[3]]\n', "malformed JSON"),
@@ -263,11 +273,15 @@ def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, tiny_bert_dir
     assert any(not torch.equal(midway[n], a[n]) for n in a), "the resumed run trained further"
 
 
-def test_onednn_linear_layers_give_the_same_loss_and_gradients(tiny_bert_dir, tokenizer):
+@pytest.mark.parametrize("weight_grad", ["mkl", "onednn"])
+def test_onednn_linear_layers_give_the_same_loss_and_gradients(tiny_bert_dir, tokenizer, weight_grad, monkeypatch):
+    from tevatron import cpu_kernels
     from tevatron.cpu_kernels import onednn_linear_available, use_onednn_linear
 
     if not onednn_linear_available():
         pytest.skip("this torch build has no oneDNN linear op")
+    # the weight-gradient kernel is chosen per shape by a measurement; take each one here
+    monkeypatch.setattr(cpu_kernels, "onednn_weight_grad_is_faster", lambda *shape: weight_grad == "onednn")
     batch = make_batch(tokenizer, toy_groups(6))
     torch.manual_seed(0)  # the pooler's random initialisation
     plain = build_model(tiny_bert_dir, add_pooler=True)
@@ -275,9 +289,38 @@ def test_onednn_linear_layers_give_the_same_loss_and_gradients(tiny_bert_dir, to
     torch.manual_seed(0)
     model = build_model(tiny_bert_dir, add_pooler=True)
     assert use_onednn_linear(model, "onednn")
+    attention = model.lm_q.encoder.layer[0].attention.self
+    assert "forward" in vars(attention), "query/key/value fused into one product"
     loss, grads = loss_and_grads(model, batch)
     assert torch.allclose(loss, reference_loss, atol=1e-5)
     for name in reference:
         assert torch.allclose(grads[name], reference[name], atol=1e-6, rtol=1e-3), name
     with torch.inference_mode():
         assert torch.allclose(model.encode_query(batch["query"]), plain.encode_query(batch["query"]), atol=1e-5)
+
+
+@pytest.mark.parametrize("untie", [False, True])
+def test_cls_shortcut_gives_the_full_models_loss_gradients_and_vectors(tiny_bert_dir, tokenizer, untie):
+    """With CLS pooling the last layer runs for [CLS] only; nothing observable may change."""
+    batch = make_batch(tokenizer, toy_groups(6))
+    torch.manual_seed(0)
+    model = build_model(tiny_bert_dir, pooling="cls", untie_encoder=untie, add_pooler=True)
+    encoders = {id(m): m for m in (model.lm_q, model.passage_encoder)}.values()
+    assert all("forward" in vars(encoder.encoder.layer[-1]) for encoder in encoders)
+    hidden = model.lm_q(**batch["query"]).last_hidden_state
+    assert hidden.shape[1] == 1
+    torch.manual_seed(0)
+    reference = build_model(tiny_bert_dir, pooling="cls", untie_encoder=untie, add_pooler=True)
+    for encoder in {id(m): m for m in (reference.lm_q, reference.passage_encoder)}.values():
+        del encoder.encoder.layer[-1].forward  # back to the full layer
+    assert reference.lm_q(**batch["query"]).last_hidden_state.shape[1] == batch["query"]["input_ids"].shape[1]
+    loss, grads = loss_and_grads(model, batch)
+    reference_loss, reference_grads = loss_and_grads(reference, batch)
+    assert torch.allclose(loss, reference_loss, atol=1e-6)
+    assert grads.keys() == reference_grads.keys() and model.state_dict().keys() == reference.state_dict().keys()
+    for name in reference_grads:
+        assert torch.allclose(grads[name], reference_grads[name], atol=1e-6, rtol=1e-4), name
+    with torch.inference_mode():
+        assert torch.allclose(model.encode_passage(batch["passage"]), reference.encode_passage(batch["passage"]),
+                              atol=1e-6)
+    assert "forward" not in vars(build_model(tiny_bert_dir, pooling="mean").lm_q.encoder.layer[-1])

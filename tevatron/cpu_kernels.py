@@ -3,10 +3,10 @@
 torch's fp32 ``F.linear`` goes to MKL, which on AMD CPUs runs a generic path (~180 GFLOP/s on the
 2-core EPYC this toolkit is tested on) while oneDNN, also inside every torch CPU build, reaches
 260-450 GFLOP/s on the same shapes.  :func:`use_onednn_linear` routes a model's ``nn.Linear`` layers
-through oneDNN for the forward product and the input gradient (the weight gradient stays on MKL, where
-oneDNN would need transposed copies).  It is enabled only when a quick measurement on this machine
-shows a gain, and only for fp32 CPU tensors; anything else takes the ordinary path.  Results equal
-``F.linear`` up to float rounding.
+through oneDNN for the forward product and the input gradient, and for the weight gradient of the
+shapes where a one-off measurement shows oneDNN's backward-weights kernel faster than MKL.  It is
+enabled only when a quick measurement on this machine shows a gain, and only for fp32 CPU tensors;
+anything else takes the ordinary path.  Results equal ``F.linear`` up to float rounding.
 """
 from __future__ import annotations
 
@@ -51,11 +51,44 @@ class _OneDnnLinearFunction(torch.autograd.Function):
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_input = _onednn_linear(grad2d, weight.t().contiguous(), None).view(ctx.input_shape)
+        if ctx.needs_input_grad[1] and onednn_weight_grad_is_faster(x2d.shape[1], grad2d.shape[1]):
+            grad_weight, grad_bias = _onednn_weight_grad(grad2d, x2d, weight, ctx.has_bias)
+            return grad_input, grad_weight, grad_bias if ctx.has_bias and ctx.needs_input_grad[2] else None
         if ctx.needs_input_grad[1]:
             grad_weight = grad2d.t().mm(x2d)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad2d.sum(0)
         return grad_input, grad_weight, grad_bias
+
+
+def _onednn_weight_grad(grad2d, x2d, weight, has_bias: bool):
+    """``grad2d.T @ x2d`` (and the bias gradient) with oneDNN's inner-product backward-weights kernel."""
+    grad_weight, grad_bias = torch.ops.aten.mkldnn_linear_backward_weights(
+        grad2d.to_mkldnn(), x2d.to_mkldnn(), weight.to_mkldnn(), has_bias)
+    return grad_weight, grad_bias
+
+
+@functools.lru_cache(maxsize=None)  # one measurement per layer shape and process
+def onednn_weight_grad_is_faster(in_features: int, out_features: int, rows: int = 4096, repeats: int = 3) -> bool:
+    """oneDNN's weight gradient beats MKL's ``grad.T @ x`` on some shapes and loses on others: measure."""
+    grad, x, weight = torch.randn(rows, out_features), torch.randn(rows, in_features), torch.randn(out_features,
+                                                                                                    in_features)
+    try:
+        if not torch.allclose(_onednn_weight_grad(grad, x, weight, True)[0], grad.t().mm(x), atol=1e-2, rtol=1e-4):
+            return False
+    except RuntimeError:
+        return False
+
+    def seconds(function):
+        function()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            function()
+        return time.perf_counter() - start
+
+    mkl = seconds(lambda: (grad.t().mm(x), grad.sum(0)))
+    onednn = seconds(lambda: _onednn_weight_grad(grad, x, weight, True))
+    return onednn * 1.1 < mkl
 
 
 def _fast_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +126,42 @@ def onednn_is_faster(rows: int = 4096, width: int = 384, repeats: int = 4) -> bo
     return onednn * 1.15 < mkl
 
 
+def _fused_qkv_attention_forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
+    """BERT self-attention with the query, key and value projections as one oneDNN product (one wide GEMM
+    instead of three narrow ones, forward and backward; the weights are concatenated on the fly, so the
+    parameters and saved files do not change)."""
+    if cache is not None or hidden_states.device.type != "cpu" or hidden_states.dtype != torch.float32 \
+            or torch.is_autocast_cpu_enabled():
+        return type(self).forward(self, hidden_states, attention_mask, cache=cache, **kwargs)
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.bert.modeling_bert import eager_attention_forward
+
+    batch, length, _ = hidden_states.shape
+    weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+    bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+    qkv = _OneDnnLinearFunction.apply(hidden_states, weight, bias)
+    query, key, value = qkv.view(batch, length, 3, -1, self.attention_head_size).permute(2, 0, 3, 1, 4).unbind(0)
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+    output, weights = interface(self, query, key, value, attention_mask,
+                                dropout=self.dropout.p if self.training else 0.0, scaling=self.scaling, **kwargs)
+    return output.reshape(batch, length, -1).contiguous(), weights
+
+
+def use_fused_qkv(model: nn.Module) -> int:
+    """Fuse the Q/K/V projections of every BERT self-attention (transformers 5) in ``model``."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        return 0
+    count = 0
+    for module in model.modules():
+        if type(module).__name__ == "BertSelfAttention" and not getattr(module, "is_decoder", False) \
+                and all(getattr(module, n).bias is not None for n in ("query", "key", "value")):
+            module.forward = types.MethodType(_fused_qkv_attention_forward, module)
+            count += 1
+    return count
+
+
 def use_onednn_linear(model: nn.Module, mode: str = "auto") -> bool:
     """Route ``model``'s linear layers through oneDNN on CPU (``mode``: auto, onednn, torch)."""
     if mode == "torch" or torch.cuda.is_available():
@@ -106,7 +175,9 @@ def use_onednn_linear(model: nn.Module, mode: str = "auto") -> bool:
         if type(module) is nn.Linear:
             module.forward = types.MethodType(_fast_linear_forward, module)
             count += 1
-    logger.info("CPU: %d linear layers run on oneDNN (faster than MKL's fp32 GEMM on this CPU)", count)
+    fused = use_fused_qkv(model)
+    logger.info("CPU: %d linear layers run on oneDNN (faster than MKL's fp32 GEMM on this CPU)%s", count,
+                f", query/key/value fused in {fused} attention layers" if fused else "")
     return count > 0
 
 

@@ -222,8 +222,9 @@ class TrainCollator:
 
 
 # --------------------------------------------------------------------------- encoding input
-def read_encode_records(paths: Sequence[str]) -> tuple[list[str], list[list[int]]]:
-    """Read ``{"text_id", "text": [ids]}`` lines from one or more files, checking every line."""
+def read_encode_records(paths: Sequence[str], vocab_size: int | None = None) -> tuple[list[str], list[list[int]]]:
+    """Read ``{"text_id", "text": [ids]}`` lines from one or more files, checking every line (token ids
+    against ``vocab_size`` too, where given)."""
     ids: list[str] = []
     texts: list[list[int]] = []
     for file in paths:
@@ -235,6 +236,9 @@ def read_encode_records(paths: Sequence[str]) -> tuple[list[str], list[list[int]
                 text = record["text"]
                 if not isinstance(text, list) or not all(isinstance(t, int) for t in text):
                     raise InputError(path, "text must be a list of token ids", number)
+                if vocab_size is not None and text and (min(text) < 0 or max(text) >= vocab_size):
+                    bad = min(text) if min(text) < 0 else max(text)
+                    raise InputError(path, f"token id {bad} is outside the vocabulary (size {vocab_size})", number)
                 ids.append(str(record["text_id"]))
                 texts.append(text)
     return ids, texts

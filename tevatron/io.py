@@ -38,14 +38,15 @@ class InputError(ValueError):
         super().__init__(f"{where}: {message.translate(_LINE_BREAKS)}")
 
 
-def report_input_errors(main):
-    """Decorate a command line's ``main``: bad input becomes one ``error: file:line: message`` line on
-    stderr and exit status 2 instead of a traceback (tracebacks are for bugs)."""
+def report_input_errors(main, user_errors: tuple = ()):
+    """Decorate a command line's ``main``: bad input (:class:`InputError`, or one of ``user_errors``)
+    becomes one ``error: file:line: message`` line on stderr and exit status 2 instead of a traceback
+    (tracebacks are for bugs)."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except InputError as err:
+        except (InputError, *user_errors) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     return wrapped
@@ -271,10 +272,7 @@ def write_jsonl(path, records: Iterable[dict]) -> None:
 
 # --------------------------------------------------------------------------- negatives (qid \t pid,pid,...)
 def read_negatives(path) -> dict[str, list[str]]:
-    negatives: dict[str, list[str]] = {}
-    for number, (qid, pids) in iter_tsv(path, 2):
-        negatives[qid.strip()] = [p for p in (x.strip() for x in pids.split(",")) if p]
-    return negatives
+    return {qid: pids for _, qid, pids in iter_negatives(path)}
 
 
 def write_negatives(path, negatives: dict[str, Sequence[str]]) -> None:
@@ -430,10 +428,14 @@ def iter_negatives(path) -> Iterator[tuple[int, str, list[str]]]:
     MS MARCO's negatives file holds ~500k lines of 200 ids; :func:`read_negatives` would keep all of them
     as Python strings (several GB), so builders that sample per query stream instead.
     """
+    first_line: dict[str, int] = {}  # a repeated query would silently give two training groups
     for number, (qid, pids) in iter_tsv(path, 2):
         qid = qid.strip()
         if not qid:
             raise InputError(path, "empty query id", number)
+        if qid in first_line:
+            raise InputError(path, f"query id {qid!r} repeated (first on line {first_line[qid]})", number)
+        first_line[qid] = number
         yield number, qid, [p for p in (x.strip() for x in pids.split(",")) if p]
 
 

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 TEVATRON_CONFIG = "tevatron_config.json"
 POOLER_WEIGHTS = "pooler.safetensors"
 QUERY_MODEL_DIR, PASSAGE_MODEL_DIR = "query_model", "passage_model"
+ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
 
 
 @dataclass
@@ -57,9 +58,27 @@ def sentence_transformers_normalizes(model_dir) -> bool:
     return any(str(m.get("type", "")).endswith(".Normalize") for m in modules if isinstance(m, dict))
 
 
+def saved_pooling(model_dir) -> str | None:
+    """The pooling a model saved by this toolkit was trained with (its ``tevatron_config.json``)."""
+    path = Path(model_dir, TEVATRON_CONFIG)
+    return json.loads(path.read_text()).get("pooling") if path.is_file() else None
+
+
 def resolve_pooling(requested: str, model_dir) -> str:
-    """``auto`` follows a sentence-transformers pooling config (else cls); an explicit choice wins."""
-    found = sentence_transformers_pooling(model_dir) if model_dir and Path(model_dir).is_dir() else None
+    """``auto`` follows the pooling a model was trained with here (``tevatron_config.json``, e.g. stage 2
+    starting from the stage-1 model), else a sentence-transformers pooling config, else cls; an explicit
+    choice wins."""
+    is_dir = bool(model_dir) and Path(model_dir).is_dir()
+    trained = saved_pooling(model_dir) if is_dir else None
+    if trained:
+        if requested == "auto":
+            logger.info("%s was trained with %s pooling; --pooling auto follows it", model_dir, trained)
+            return trained
+        if requested != trained:
+            logger.warning("%s was trained with %s pooling; continuing with --pooling %s as asked", model_dir,
+                           trained, requested)
+        return requested
+    found = sentence_transformers_pooling(model_dir) if is_dir else None
     if found:
         logger.info("%s has a sentence-transformers pooling config (%s pooling)%s", model_dir, found,
                     "; --pooling auto follows it" if requested == "auto"
@@ -95,6 +114,56 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+# --------------------------------------------------------------------------- CLS pooling shortcut
+CLS_SHORTCUT_ATTENTION = ("sdpa", "eager", "tevatron_cpu_training")
+
+
+def _cls_only_last_layer_forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+    """A BERT layer that outputs only the first ([CLS]) position: keys and values still come from every
+    token, but the query projection, attention output, feed-forward block and layer norms run on one row.
+    CLS pooling reads nothing else from the last layer, so this saves ~80% of its work."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.bert.modeling_bert import eager_attention_forward
+
+    attention = self.attention.self
+    batch, length, _ = hidden_states.shape
+    head_size = attention.attention_head_size
+    cls = hidden_states[:, :1]
+    query = attention.query(cls).view(batch, 1, -1, head_size).transpose(1, 2)
+    key = attention.key(hidden_states).view(batch, length, -1, head_size).transpose(1, 2)
+    value = attention.value(hidden_states).view(batch, length, -1, head_size).transpose(1, 2)
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
+        attention_mask = attention_mask[..., :1, :]
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
+    context, _ = interface(attention, query, key, value, attention_mask,
+                           dropout=attention.dropout.p if attention.training else 0.0, scaling=attention.scaling)
+    attention_output = self.attention.output(context.reshape(batch, 1, -1).contiguous(), cls)
+    return self.feed_forward_chunk(attention_output)
+
+
+def enable_cls_shortcut(encoder: nn.Module) -> bool:
+    """Make a BERT-family encoder's last layer compute the [CLS] position only (see above).
+
+    Its ``last_hidden_state`` then has length 1; weights and saved files do not change.  Applied only
+    where the layer is a plain (non-decoder) BERT layer of transformers 5 with a known attention."""
+    import transformers
+
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if int(transformers.__version__.split(".")[0]) < 5 or not layers:
+        return False
+    last = layers[-1]
+    attention = getattr(getattr(last, "attention", None), "self", None)
+    config = getattr(encoder, "config", None)
+    if (attention is None or getattr(last, "is_decoder", True) or not hasattr(last, "feed_forward_chunk")
+            or not all(hasattr(attention, name) for name in ("query", "key", "value", "scaling", "dropout"))
+            or getattr(config, "_attn_implementation", None) not in CLS_SHORTCUT_ATTENTION):
+        return False
+    if "forward" not in vars(last):
+        import types
+        last.forward = types.MethodType(_cls_only_last_layer_forward, last)
+    return True
+
+
 def _load_encoder(name_or_path, model_args=None, **kwargs):
     from transformers import AutoConfig, AutoModel
 
@@ -116,6 +185,9 @@ class DenseModel(nn.Module):
         self.pooler = pooler
         self.dense_config = config
         self.negatives_x_device = negatives_x_device
+        if config.pooling == "cls":
+            for encoder in {id(m): m for m in (lm_q, lm_p) if m is not None}.values():
+                enable_cls_shortcut(encoder)
 
     # ------------------------------------------------------------------ encoding
     @property
@@ -134,6 +206,16 @@ class DenseModel(nn.Module):
         if self.dense_config.normalize:
             reps = F.normalize(reps, dim=-1)
         return reps
+
+    def position_limit(self) -> int | None:
+        """The longest input (special tokens included) every encoder accepts, where the config says."""
+        limits = []
+        for encoder in (self.lm_q, self.passage_encoder):
+            config = getattr(encoder, "config", None)
+            positions = getattr(config, "max_position_embeddings", None)
+            if positions:  # RoBERTa-style models reserve two positions for the padding offset
+                limits.append(positions - 2 if getattr(config, "model_type", "") in ROBERTA_LIKE else positions)
+        return min(limits) if limits else None
 
     def encode_query(self, batch: dict) -> torch.Tensor:
         return self._encode(batch, is_query=True)

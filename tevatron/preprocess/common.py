@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tevatron.io import InputError, atomic_text_writer
+from tevatron.io import InputError, atomic_text_writer, report_input_errors
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +35,8 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
     Tracebacks are for bugs; a user who fed a malformed file needs the file and line, nothing else.
     """
     configure_logging()
-    try:
-        main(argv)
-    except (InputError, PreprocessError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    status = report_input_errors(main, (PreprocessError,))(argv)
+    return 2 if status == 2 else 0
 
 
 # --------------------------------------------------------------------------- completion markers
