@@ -3,10 +3,11 @@
 torch's fp32 ``F.linear`` goes to MKL, which on AMD CPUs runs a generic path (~180 GFLOP/s on the
 2-core EPYC this toolkit is tested on) while oneDNN, also inside every torch CPU build, reaches
 260-450 GFLOP/s on the same shapes.  :func:`use_onednn_linear` routes a model's ``nn.Linear`` layers
-through oneDNN for the forward product and the input gradient, and for the weight gradient of the
-shapes where a one-off measurement shows oneDNN's backward-weights kernel faster than MKL.  It is
-enabled only when a quick measurement on this machine shows a gain, and only for fp32 CPU tensors;
-anything else takes the ordinary path.  Results equal ``F.linear`` up to float rounding.
+through oneDNN for the forward product and the input gradient (the weight gradient stays on MKL:
+oneDNN's backward-weights kernel was ~1% faster end to end, not worth a load-dependent kernel choice
+that would break run-to-run equality).  It is enabled only when a quick measurement on this machine
+shows a gain, and only for fp32 CPU tensors; anything else takes the ordinary path.  Results equal
+``F.linear`` up to float rounding.
 """
 from __future__ import annotations
 
@@ -51,44 +52,11 @@ class _OneDnnLinearFunction(torch.autograd.Function):
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_input = _onednn_linear(grad2d, weight.t().contiguous(), None).view(ctx.input_shape)
-        if ctx.needs_input_grad[1] and onednn_weight_grad_is_faster(x2d.shape[1], grad2d.shape[1]):
-            grad_weight, grad_bias = _onednn_weight_grad(grad2d, x2d, weight, ctx.has_bias)
-            return grad_input, grad_weight, grad_bias if ctx.has_bias and ctx.needs_input_grad[2] else None
         if ctx.needs_input_grad[1]:
             grad_weight = grad2d.t().mm(x2d)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad2d.sum(0)
         return grad_input, grad_weight, grad_bias
-
-
-def _onednn_weight_grad(grad2d, x2d, weight, has_bias: bool):
-    """``grad2d.T @ x2d`` (and the bias gradient) with oneDNN's inner-product backward-weights kernel."""
-    grad_weight, grad_bias = torch.ops.aten.mkldnn_linear_backward_weights(
-        grad2d.to_mkldnn(), x2d.to_mkldnn(), weight.to_mkldnn(), has_bias)
-    return grad_weight, grad_bias
-
-
-@functools.lru_cache(maxsize=None)  # one measurement per layer shape and process
-def onednn_weight_grad_is_faster(in_features: int, out_features: int, rows: int = 4096, repeats: int = 3) -> bool:
-    """oneDNN's weight gradient beats MKL's ``grad.T @ x`` on some shapes and loses on others: measure."""
-    grad, x, weight = torch.randn(rows, out_features), torch.randn(rows, in_features), torch.randn(out_features,
-                                                                                                    in_features)
-    try:
-        if not torch.allclose(_onednn_weight_grad(grad, x, weight, True)[0], grad.t().mm(x), atol=1e-2, rtol=1e-4):
-            return False
-    except RuntimeError:
-        return False
-
-    def seconds(function):
-        function()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            function()
-        return time.perf_counter() - start
-
-    mkl = seconds(lambda: (grad.t().mm(x), grad.sum(0)))
-    onednn = seconds(lambda: _onednn_weight_grad(grad, x, weight, True))
-    return onednn * 1.1 < mkl
 
 
 def _fast_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -201,7 +169,7 @@ def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     bits = torch.empty((n + 1) // 2, dtype=torch.int32).random_()
     keep = bits.view(torch.int16).view(-1, 2) >= _drop_thresholds(p)
     keep = keep.view(-1)[:n].view(x.shape)
-    return x * keep * (1.0 / (1.0 - p))
+    return (x * keep).mul_(1.0 / (1.0 - p))
 
 
 def _fast_dropout_forward(self: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
@@ -220,12 +188,13 @@ def cpu_training_attention(module, query, key, value, attention_mask, dropout: f
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(2, 3)).mul_(scaling)
+    # scale the (L x d) queries rather than the (L x L) scores; mask in place (matmul keeps no output)
+    scores = torch.matmul(query * scaling, key.transpose(2, 3))
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            scores = scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
         else:
-            scores = scores + attention_mask
+            scores = scores.add_(attention_mask)
     probs = fast_dropout(torch.softmax(scores, dim=-1), dropout)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 

@@ -84,6 +84,27 @@ def atomic_text_writer(path):
             yield handle
 
 
+@contextlib.contextmanager
+def staged_files(output_dir, last: Sequence[str] = ()):
+    """Yield a hidden staging folder inside ``output_dir``; when the block succeeds, rename every file
+    written there into the same place under ``output_dir`` (names in ``last`` at the end), so each file
+    appears only complete.  On failure nothing is moved and the staging folder is removed."""
+    import shutil
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=output_dir))
+    try:
+        yield staging
+        files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name in last)
+        for path in files:
+            target = output_dir / path.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- text readers
 def iter_lines(path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` without the newline; non-UTF-8 bytes become an InputError."""

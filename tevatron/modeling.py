@@ -309,17 +309,20 @@ class DenseModel(nn.Module):
                                              if k.startswith("linear_p.")})
 
     def save(self, output_dir) -> None:
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if self.dense_config.untie_encoder:
-            self.lm_q.save_pretrained(output_dir / QUERY_MODEL_DIR)
-            self.lm_p.save_pretrained(output_dir / PASSAGE_MODEL_DIR)
-        else:
-            self.lm_q.save_pretrained(output_dir)
-        if self.pooler is not None:
-            from safetensors.torch import save_file
-            save_file(self.pooler.state_dict_to_save(), str(output_dir / POOLER_WEIGHTS))
-        (output_dir / TEVATRON_CONFIG).write_text(json.dumps(asdict(self.dense_config), indent=2) + "\n")
+        """Write every file under a temporary name first and rename it into place once complete
+        (``tevatron_config.json`` last), so a killed save never leaves a half-written weights file."""
+        from .io import staged_files
+
+        with staged_files(output_dir, last=(TEVATRON_CONFIG,)) as staging:
+            if self.dense_config.untie_encoder:
+                self.lm_q.save_pretrained(staging / QUERY_MODEL_DIR)
+                self.lm_p.save_pretrained(staging / PASSAGE_MODEL_DIR)
+            else:
+                self.lm_q.save_pretrained(staging)
+            if self.pooler is not None:
+                from safetensors.torch import save_file
+                save_file(self.pooler.state_dict_to_save(), str(staging / POOLER_WEIGHTS))
+            (staging / TEVATRON_CONFIG).write_text(json.dumps(asdict(self.dense_config), indent=2) + "\n")
 
     def load_weights_from(self, checkpoint_dir) -> None:
         """Load weights saved by :meth:`save` into this model in place (used to resume training)."""

@@ -9,6 +9,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .gradcache import grad_cache_step
+from .io import atomic_text_writer, staged_files
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,10 @@ class TevatronTrainer(Trainer):
         logger.info("saving model to %s", output_dir)
         self.accelerator.unwrap_model(self.model).save(output_dir)
         if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
+            with staged_files(output_dir) as staging:
+                self.processing_class.save_pretrained(staging)
         # arguments as JSON, not a pickle: nothing in this toolkit loads pickles
-        with open(os.path.join(output_dir, "training_args.json"), "w") as handle:
+        with atomic_text_writer(os.path.join(output_dir, "training_args.json")) as handle:
             json.dump(json.loads(self.args.to_json_string()), handle, indent=2)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
