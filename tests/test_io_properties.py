@@ -249,28 +249,22 @@ def test_missing_file_is_input_error(tmp_path):
 
 
 # --------------------------------------------------------------------------- truncated text files
+RANKING_KINDS = {  # kind: file name, writer, reader
+    "ranking": ("rank.tsv", io.write_ranking, io.read_run),
+    "groups": ("rank.tsv", io.write_ranking, io.iter_ranking_groups),
+    "marco": ("rank.marco", io.write_marco_run, io.read_run),
+    "trec": ("rank.trec", io.write_trec_run, io.read_run),
+}
+
+
 def _write_valid(kind: str, folder: Path, data):
-    if kind == "ranking":
-        path = folder / "rank.tsv"
-        io.write_ranking(path, data)
-        return path, io.read_run
-    if kind == "groups":
-        path = folder / "rank.tsv"
-        io.write_ranking(path, data)
-        return path, io.iter_ranking_groups
-    if kind == "marco":
-        path = folder / "rank.marco"
-        io.write_marco_run(path, data)
-        return path, io.read_run
-    if kind == "trec":
-        path = folder / "rank.trec"
-        io.write_trec_run(path, data)
-        return path, io.read_run
-    raise AssertionError(kind)
+    name, write, read = RANKING_KINDS[kind]
+    write(folder / name, data)
+    return folder / name, read
 
 
 @SETTINGS
-@given(kind=st.sampled_from(["ranking", "groups", "marco", "trec"]),
+@given(kind=st.sampled_from(sorted(RANKING_KINDS)),
        ranking=rankings(qids=words, pids=words), cut=st.floats(0.0, 1.0))
 def test_truncated_ranking_files(kind, ranking, cut):
     with scratch() as folder:

@@ -245,6 +245,19 @@ def _train(tmp_path, model_dir, out, *extra):
                       "--dataloader_num_workers", 0, *extra)
 
 
+def test_max_len_beyond_the_models_positions_is_cut_with_a_warning(tmp_path, tiny_bert_dir):
+    """The tiny model has 160 positions: --p_max_len 400 on 300-token passages must not crash in torch."""
+    groups = [{"query": [1000 + i, 1001], "positives": [list(range(1000, 1300))],
+               "negatives": [list(range(2000, 2300)), list(range(3000, 3300))]} for i in range(8)]
+    data = write_jsonl(tmp_path / "long" / "train.jsonl", groups)
+    result = run_module("tevatron.driver.train", "--output_dir", tmp_path / "out", "--model_name_or_path",
+                        tiny_bert_dir, "--train_dir", data, "--per_device_train_batch_size", 4,
+                        "--train_n_passages", 3, "--p_max_len", 400, "--max_steps", 1, "--save_strategy", "no",
+                        "--cache_dir", tmp_path / "cache", "--dataloader_num_workers", 0)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--p_max_len 400 is longer than the model's 160 positions; cutting texts at 160" in result.stderr
+
+
 def test_fp16_on_cpu_falls_back_with_a_message(tmp_path, tiny_bert_dir):
     result = _train(tmp_path, tiny_bert_dir, tmp_path / "out", "--fp16", "--max_steps", 2, "--save_steps", 100)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -302,13 +315,13 @@ def test_cls_shortcut_gives_the_full_models_loss_gradients_and_vectors(tiny_bert
     batch = make_batch(tokenizer, toy_groups(6))
     torch.manual_seed(0)
     model = build_model(tiny_bert_dir, pooling="cls", untie_encoder=untie, add_pooler=True)
-    encoders = {id(m): m for m in (model.lm_q, model.passage_encoder)}.values()
-    assert all("forward" in vars(encoder.encoder.layer[-1]) for encoder in encoders)
+    assert len(model.encoders()) == (2 if untie else 1)
+    assert all("forward" in vars(encoder.encoder.layer[-1]) for encoder in model.encoders())
     hidden = model.lm_q(**batch["query"]).last_hidden_state
     assert hidden.shape[1] == 1
     torch.manual_seed(0)
     reference = build_model(tiny_bert_dir, pooling="cls", untie_encoder=untie, add_pooler=True)
-    for encoder in {id(m): m for m in (reference.lm_q, reference.passage_encoder)}.values():
+    for encoder in reference.encoders():
         del encoder.encoder.layer[-1].forward  # back to the full layer
     assert reference.lm_q(**batch["query"]).last_hidden_state.shape[1] == batch["query"]["input_ids"].shape[1]
     loss, grads = loss_and_grads(model, batch)

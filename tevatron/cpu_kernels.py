@@ -101,25 +101,23 @@ def _fused_qkv_attention_forward(self, hidden_states, attention_mask=None, cache
     if cache is not None or hidden_states.device.type != "cpu" or hidden_states.dtype != torch.float32 \
             or torch.is_autocast_cpu_enabled():
         return type(self).forward(self, hidden_states, attention_mask, cache=cache, **kwargs)
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.bert.modeling_bert import eager_attention_forward
+    from tevatron.modeling import bert_attention_function
 
     batch, length, _ = hidden_states.shape
     weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
     bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
     qkv = _OneDnnLinearFunction.apply(hidden_states, weight, bias)
     query, key, value = qkv.view(batch, length, 3, -1, self.attention_head_size).permute(2, 0, 3, 1, 4).unbind(0)
-    interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-    output, weights = interface(self, query, key, value, attention_mask,
+    output, weights = bert_attention_function(self)(self, query, key, value, attention_mask,
                                 dropout=self.dropout.p if self.training else 0.0, scaling=self.scaling, **kwargs)
     return output.reshape(batch, length, -1).contiguous(), weights
 
 
 def use_fused_qkv(model: nn.Module) -> int:
     """Fuse the Q/K/V projections of every BERT self-attention (transformers 5) in ``model``."""
-    import transformers
+    from tevatron.modeling import transformers_major_version
 
-    if int(transformers.__version__.split(".")[0]) < 5:
+    if transformers_major_version() < 5:
         return 0
     count = 0
     for module in model.modules():

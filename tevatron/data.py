@@ -40,12 +40,17 @@ def _check_ids(path, number, ids, field: str, vocab_size: int | None) -> list[in
         raise InputError(path, f"{field} must be a list of token ids", number)
     if not ids:
         raise InputError(path, f"{field} is empty", number)
+    check_vocabulary(path, number, ids, vocab_size, f" in {field}")
+    return ids
+
+
+def check_vocabulary(path, number, ids: list[int], vocab_size: int | None, where: str = "") -> None:
+    """Every token id must index the model's embedding table (else torch fails deep in a forward pass)."""
     if vocab_size is not None and ids:
         low, high = min(ids), max(ids)
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
-            raise InputError(path, f"token id {bad} in {field} is outside the vocabulary (size {vocab_size})", number)
-    return ids
+            raise InputError(path, f"token id {bad}{where} is outside the vocabulary (size {vocab_size})", number)
 
 
 def validate_train_record(path, number: int, record: dict, vocab_size: int | None, need_negatives: bool) -> dict:
@@ -236,9 +241,7 @@ def read_encode_records(paths: Sequence[str], vocab_size: int | None = None) -> 
                 text = record["text"]
                 if not isinstance(text, list) or not all(isinstance(t, int) for t in text):
                     raise InputError(path, "text must be a list of token ids", number)
-                if vocab_size is not None and text and (min(text) < 0 or max(text) >= vocab_size):
-                    bad = min(text) if min(text) < 0 else max(text)
-                    raise InputError(path, f"token id {bad} is outside the vocabulary (size {vocab_size})", number)
+                check_vocabulary(path, number, text, vocab_size)
                 ids.append(str(record["text_id"]))
                 texts.append(text)
     return ids, texts

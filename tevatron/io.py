@@ -429,10 +429,8 @@ def iter_ranking_groups(path) -> Iterator[tuple[str, list[tuple[str, str]]]]:
     current, hits = None, []
     for number, fields in iter_tsv(path, 3):
         qid, pid, score = (f.strip() for f in fields)
-        try:
-            float(score)
-        except ValueError:
-            raise InputError(path, f"score {score!r} is not a number", number) from None
+        if not _is_number(score):
+            raise InputError(path, f"score {score!r} is not a number", number)
         if qid != current and current is not None:
             yield current, hits
             hits = []

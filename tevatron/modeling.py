@@ -114,17 +114,27 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
-# --------------------------------------------------------------------------- CLS pooling shortcut
+# --------------------------------------------------------------------------- BERT layer rewrites
 CLS_SHORTCUT_ATTENTION = ("sdpa", "eager", "tevatron_cpu_training")
+
+
+def transformers_major_version() -> int:
+    """The layer rewrites here (and cpu_kernels.use_fused_qkv) follow transformers 5's BERT code."""
+    import transformers
+    return int(transformers.__version__.split(".")[0])
+
+
+def bert_attention_function(attention: nn.Module):
+    """The attention kernel a BERT self-attention module is configured with (sdpa, eager, ...)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.bert.modeling_bert import eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
 
 
 def _cls_only_last_layer_forward(self, hidden_states, attention_mask=None, *args, **kwargs):
     """A BERT layer that outputs only the first ([CLS]) position: keys and values still come from every
     token, but the query projection, attention output, feed-forward block and layer norms run on one row.
     CLS pooling reads nothing else from the last layer, so this saves ~80% of its work."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.bert.modeling_bert import eager_attention_forward
-
     attention = self.attention.self
     batch, length, _ = hidden_states.shape
     head_size = attention.attention_head_size
@@ -134,8 +144,7 @@ def _cls_only_last_layer_forward(self, hidden_states, attention_mask=None, *args
     value = attention.value(hidden_states).view(batch, length, -1, head_size).transpose(1, 2)
     if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
         attention_mask = attention_mask[..., :1, :]
-    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
-    context, _ = interface(attention, query, key, value, attention_mask,
+    context, _ = bert_attention_function(attention)(attention, query, key, value, attention_mask,
                            dropout=attention.dropout.p if attention.training else 0.0, scaling=attention.scaling)
     attention_output = self.attention.output(context.reshape(batch, 1, -1).contiguous(), cls)
     return self.feed_forward_chunk(attention_output)
@@ -146,10 +155,8 @@ def enable_cls_shortcut(encoder: nn.Module) -> bool:
 
     Its ``last_hidden_state`` then has length 1; weights and saved files do not change.  Applied only
     where the layer is a plain (non-decoder) BERT layer of transformers 5 with a known attention."""
-    import transformers
-
     layers = getattr(getattr(encoder, "encoder", None), "layer", None)
-    if int(transformers.__version__.split(".")[0]) < 5 or not layers:
+    if transformers_major_version() < 5 or not layers:
         return False
     last = layers[-1]
     attention = getattr(getattr(last, "attention", None), "self", None)
@@ -186,7 +193,7 @@ class DenseModel(nn.Module):
         self.dense_config = config
         self.negatives_x_device = negatives_x_device
         if config.pooling == "cls":
-            for encoder in {id(m): m for m in (lm_q, lm_p) if m is not None}.values():
+            for encoder in self.encoders():
                 enable_cls_shortcut(encoder)
 
     # ------------------------------------------------------------------ encoding
@@ -207,15 +214,32 @@ class DenseModel(nn.Module):
             reps = F.normalize(reps, dim=-1)
         return reps
 
+    def encoders(self) -> list[nn.Module]:
+        """The query encoder, and the passage encoder where it is a separate one (untied)."""
+        return list({id(m): m for m in (self.lm_q, self.passage_encoder)}.values())
+
+    def vocab_size(self) -> int:
+        return self.lm_q.get_input_embeddings().num_embeddings
+
     def position_limit(self) -> int | None:
         """The longest input (special tokens included) every encoder accepts, where the config says."""
         limits = []
-        for encoder in (self.lm_q, self.passage_encoder):
+        for encoder in self.encoders():
             config = getattr(encoder, "config", None)
             positions = getattr(config, "max_position_embeddings", None)
             if positions:  # RoBERTa-style models reserve two positions for the padding offset
                 limits.append(positions - 2 if getattr(config, "model_type", "") in ROBERTA_LIKE else positions)
         return min(limits) if limits else None
+
+    def fit_max_len(self, max_len: int, flag: str) -> int:
+        """``max_len`` cut to :meth:`position_limit`, with a warning: longer inputs would fail deep inside
+        the embedding layer (``flag`` names the option in the message)."""
+        limit = self.position_limit()
+        if limit is not None and max_len > limit:
+            logger.warning("%s %d is longer than the model's %d positions; cutting texts at %d", flag, max_len,
+                           limit, limit)
+            return limit
+        return max_len
 
     def encode_query(self, batch: dict) -> torch.Tensor:
         return self._encode(batch, is_query=True)
@@ -235,7 +259,7 @@ class DenseModel(nn.Module):
         return output
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        for encoder in {id(m): m for m in (self.lm_q, self.passage_encoder)}.values():
+        for encoder in self.encoders():
             encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
     # ------------------------------------------------------------------ build / load / save

@@ -62,18 +62,15 @@ def main(argv=None) -> int:
 
     model = DenseModel.load(model_args.model_name_or_path, model_args, pooling=model_args.pooling,
                             normalize=model_args.normalize)
-    ids, texts = read_encode_records(data_args.encode_in_path,
-                                     vocab_size=model.lm_q.get_input_embeddings().num_embeddings)
+    ids, texts = read_encode_records(data_args.encode_in_path, vocab_size=model.vocab_size())
     shard = shard_range(len(ids), data_args.encode_num_shard, data_args.encode_shard_index)
     ids, texts = ids[shard.start: shard.stop], texts[shard.start: shard.stop]
     if not ids:
         raise InputError(data_args.encode_in_path[0], "nothing to encode (empty input or shard)")
-    max_len = data_args.q_max_len if data_args.encode_is_qry else data_args.p_max_len
-    limit = model.position_limit()
-    if limit is not None and max_len > limit:  # longer inputs would fail deep inside the embedding layer
-        logger.warning("--%s_max_len %d is longer than the model's %d positions; cutting texts at %d",
-                       "q" if data_args.encode_is_qry else "p", max_len, limit, limit)
-        max_len = limit
+    if data_args.encode_is_qry:
+        max_len = model.fit_max_len(data_args.q_max_len, "--q_max_len")
+    else:
+        max_len = model.fit_max_len(data_args.p_max_len, "--p_max_len")
     logger.info("encoding %d %s (shard %d of %d), max length %d", len(ids),
                 "queries" if data_args.encode_is_qry else "passages", data_args.encode_shard_index,
                 data_args.encode_num_shard, max_len)

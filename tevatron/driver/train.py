@@ -89,15 +89,14 @@ def main(argv=None) -> int:
         use_onednn_linear(model, model_args.cpu_linear)
         if model_args.cpu_dropout == "fast":
             use_fast_cpu_dropout(model)
-    vocab_size = model.lm_q.get_input_embeddings().num_embeddings
-
     with training_args.main_process_first(desc="loading training data"):
-        groups = load_train_groups(data_args, vocab_size=vocab_size, cache_dir=model_args.cache_dir)
+        groups = load_train_groups(data_args, vocab_size=model.vocab_size(), cache_dir=model_args.cache_dir)
     train_dataset = TrainDataset(groups, data_args.train_n_passages, training_args.seed)
     logger.info("%d training groups, %d passages each", len(train_dataset), data_args.train_n_passages)
     pad_multiple = 8 if (training_args.fp16 or training_args.bf16) else None  # tensor-core friendly on GPU
     collator = TrainCollator(SequencePadder(tokenizer, pad_to_multiple_of=pad_multiple),
-                             q_max_len=data_args.q_max_len, p_max_len=data_args.p_max_len)
+                             q_max_len=model.fit_max_len(data_args.q_max_len, "--q_max_len"),
+                             p_max_len=model.fit_max_len(data_args.p_max_len, "--p_max_len"))
 
     trainer = TevatronTrainer(model=model, args=training_args, train_dataset=train_dataset,
                               data_collator=collator, processing_class=tokenizer)
