@@ -36,7 +36,7 @@ def v1_available() -> bool:
 
 def scifact_texts(tokenizer, q_max_len=32, p_max_len=128):
     """Tokenized SciFact (ids without special tokens): passages {id: ids}, train queries, positives."""
-    from tevatron.io import iter_jsonl, positives_from_qrels, read_qrels
+    from tevatron.text_formats import iter_jsonl, positives_from_qrels, read_qrels
 
     if not (SCIFACT_DIR / "corpus.jsonl").is_file():
         sys.exit(f"SciFact not found at {SCIFACT_DIR}")

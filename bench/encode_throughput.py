@@ -249,7 +249,7 @@ def main(argv=None):
 
 def run_workloads(workloads, results, work, run_v1, model, padder, device, autocast_dtype, args):
     """Time every workload: both drivers (short and long run) and the two in-process runs."""
-    from tevatron.io import load_encodings
+    from tevatron.tensor_files import load_encodings
     for name, (texts, is_query) in workloads.items():
         n = len(texts)
         short = n // 2

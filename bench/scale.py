@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import run_timed  # noqa: E402
 
 from tevatron.faiss_retriever.retriever import DEFAULT_BLOCK_ROWS, QUERY_CHUNK_ROWS  # noqa: E402
-from tevatron.io import load_encodings, save_encodings  # noqa: E402
+from tevatron.tensor_files import load_encodings, save_encodings
 
 MSMARCO_PASSAGES = 8_841_823
 SCENARIOS = (("bench queries", None, None), ("MS MARCO mining", 500_000, 200), ("MS MARCO dev", 6_980, 1000))

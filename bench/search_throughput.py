@@ -28,7 +28,7 @@ import torch
 
 from tevatron.faiss_retriever.retriever import (DEFAULT_BLOCK_ROWS, QUERY_CHUNK_ROWS, TorchFlatIPSearcher,
                                                 order_by_score_then_position, search_in_batches)
-from tevatron.io import save_encodings, save_shard_ranking
+from tevatron.tensor_files import save_encodings, save_shard_ranking
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:

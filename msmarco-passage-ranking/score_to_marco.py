@@ -9,10 +9,10 @@ FILE.marco gives the same numbers.  The logic lives in :func:`tevatron.evaluatio
 import argparse
 
 from tevatron.evaluation import convert_ranking
-from tevatron.io import report_input_errors
+from tevatron.cli import command
 
 
-@report_input_errors
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("score_file", help="qid<TAB>pid<TAB>score ranking, lines grouped by query")

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from helpers import REPO_ROOT, error_lines, run_module
-from tevatron.io import save_encodings, save_shard_ranking, write_qrels, write_tsv
+from tevatron.tensor_files import save_encodings, save_shard_ranking
+from tevatron.text_formats import write_qrels, write_tsv
 
 SCRIPTS = REPO_ROOT / "msmarco-passage-ranking"
 TOKENIZER = "bert-base-uncased"     # resolves offline to the packaged vocabulary

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from tevatron.io import read_negatives, read_run, write_qrels, write_tsv
+from tevatron.text_formats import read_negatives, read_run, write_qrels, write_tsv
 from tevatron.preprocess import bm25
 
 K1, B = 0.9, 0.4

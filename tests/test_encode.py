@@ -8,7 +8,7 @@ from helpers import error_lines, run_module, toy_corpus, write_jsonl
 from test_train import build_model
 from tevatron.data import SequencePadder, shard_range
 from tevatron.driver.encode import encode_texts
-from tevatron.io import load_encodings, save_encodings
+from tevatron.tensor_files import load_encodings, save_encodings
 from tevatron.tokenization import load_tokenizer
 
 

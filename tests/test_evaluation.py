@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tevatron import evaluation
-from tevatron.io import (InputError, read_collection, read_qrels, read_queries, read_run, write_qrels,
-                         write_ranking)
+from tevatron.files import InputError
+from tevatron.text_formats import read_collection, read_qrels, read_queries, read_run, write_qrels, write_ranking
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVAL_SCRIPT = REPO_ROOT / "msmarco-passage-ranking" / "ms_marco_eval.py"

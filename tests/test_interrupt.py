@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from helpers import REPO_ROOT, toy_corpus, toy_groups, write_jsonl
-from tevatron.io import load_encodings, load_shard_ranking, save_encodings, save_shard_ranking, write_tsv
+from tevatron.tensor_files import load_encodings, load_shard_ranking, save_encodings, save_shard_ranking
+from tevatron.text_formats import write_tsv
 
 pytestmark = pytest.mark.slow
 
@@ -260,7 +261,7 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_ber
 
 def test_unfinished_checkpoints_are_skipped_and_removed(tmp_path):
     from tevatron.driver.train import _checkpoint_to_resume
-    from tevatron.io import InputError
+    from tevatron.files import InputError
 
     def checkpoint(out: Path, step: int, state: str | None) -> Path:
         path = out / f"checkpoint-{step}"

@@ -1,4 +1,4 @@
-"""Property tests for every reader and writer in :mod:`tevatron.io` (and the record checks of
+"""Property tests for every reader and writer in :mod:`tevatron.text_formats` / :mod:`tevatron.tensor_files` (and the record checks of
 :mod:`tevatron.data`).
 
 Two kinds of property:
@@ -23,7 +23,7 @@ What the strategies generate, and why:
 """
 from __future__ import annotations
 
-import io as _io
+import io
 import json
 import os
 import string
@@ -39,9 +39,9 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tevatron import io
+from tevatron import tensor_files, text_formats
 from tevatron.data import read_encode_records, validate_train_record
-from tevatron.io import InputError
+from tevatron.files import InputError
 
 # 50 examples per property keeps the file near 30 s; IO_PROPERTIES_EXAMPLES=500 for a deeper search.
 SETTINGS = settings(max_examples=int(os.environ.get("IO_PROPERTIES_EXAMPLES", "50")), deadline=None,
@@ -135,31 +135,31 @@ def parses_or_input_error(reader, path: Path):
 
 TEXT_READERS = {
     # name: (file suffix, reader)
-    "read_qrels": (".tsv", io.read_qrels),
-    "read_queries_tsv": (".tsv", io.read_queries),
-    "read_queries_jsonl": (".jsonl", io.read_queries),
-    "iter_collection_tsv": (".tsv", io.iter_collection),
-    "iter_collection_jsonl": (".jsonl", io.iter_collection),
-    "read_collection_tsv": (".tsv", io.read_collection),
-    "iter_collection_rows_tsv": (".tsv", io.iter_collection_rows),
-    "iter_collection_rows_jsonl": (".jsonl", io.iter_collection_rows),
-    "iter_collection_rows_slice": (".tsv", lambda p: io.iter_collection_rows(p, 1, 3)),
-    "read_negatives": (".tsv", io.read_negatives),
-    "iter_negatives": (".tsv", io.iter_negatives),
-    "read_run_auto": (".tsv", io.read_run),
-    "read_run_score": (".tsv", lambda p: io.read_run(p, "score")),
-    "read_run_marco": (".marco", io.read_run),
-    "read_run_trec": (".trec", lambda p: io.read_run(p, "trec")),
-    "iter_ranking_groups": (".tsv", io.iter_ranking_groups),
-    "iter_jsonl": (".jsonl", io.iter_jsonl),
-    "iter_tsv": (".tsv", lambda p: io.iter_tsv(p, (2, 3))),
+    "read_qrels": (".tsv", text_formats.read_qrels),
+    "read_queries_tsv": (".tsv", text_formats.read_queries),
+    "read_queries_jsonl": (".jsonl", text_formats.read_queries),
+    "iter_collection_tsv": (".tsv", text_formats.iter_collection),
+    "iter_collection_jsonl": (".jsonl", text_formats.iter_collection),
+    "read_collection_tsv": (".tsv", text_formats.read_collection),
+    "iter_collection_tsv": (".tsv", text_formats.iter_collection),
+    "iter_collection_jsonl": (".jsonl", text_formats.iter_collection),
+    "iter_collection_slice": (".tsv", lambda p: text_formats.iter_collection(p, 1, 3)),
+    "read_negatives": (".tsv", text_formats.read_negatives),
+    "iter_negatives": (".tsv", text_formats.iter_negatives),
+    "read_run_auto": (".tsv", text_formats.read_run),
+    "read_run_score": (".tsv", lambda p: text_formats.read_run(p, "score")),
+    "read_run_marco": (".marco", text_formats.read_run),
+    "read_run_trec": (".trec", lambda p: text_formats.read_run(p, "trec")),
+    "iter_ranking_groups": (".tsv", text_formats.iter_ranking_groups),
+    "iter_jsonl": (".jsonl", text_formats.iter_jsonl),
+    "iter_tsv": (".tsv", lambda p: text_formats.iter_tsv(p, (2, 3))),
     "read_encode_records": (".jsonl", lambda p: read_encode_records([str(p)])),
-    "count_data_lines": (".tsv", io.count_data_lines),
+    "count_data_lines": (".tsv", text_formats.count_data_lines),
 }
 
 
 def _validate_all_train_records(path):
-    return [validate_train_record(path, n, record, 30, True) for n, record in io.iter_jsonl(path)]
+    return [validate_train_record(path, n, record, 30, True) for n, record in text_formats.iter_jsonl(path)]
 
 
 TEXT_READERS["validate_train_record"] = (".jsonl", _validate_all_train_records)
@@ -189,7 +189,7 @@ def test_random_text_lines(reader, data):
 
 
 @pytest.mark.parametrize("reader", ["iter_jsonl", "read_queries_jsonl", "iter_collection_jsonl",
-                                    "iter_collection_rows_jsonl", "read_encode_records", "validate_train_record"])
+                                    "iter_collection_jsonl", "read_encode_records", "validate_train_record"])
 @SETTINGS
 @given(lines=st.lists(json_lines, min_size=1, max_size=6))
 def test_random_json_values(reader, lines):
@@ -217,7 +217,7 @@ def test_validate_train_record_random_dicts(record, vocab, need_negatives):
 EDGE_CASES = [
     ("iter_jsonl", b"1" * 5000 + b"\n"),                        # int over 4300 digits: plain ValueError
     ("iter_jsonl", b"[" * 100_000 + b"\n"),                     # RecursionError in the decoder
-    ("iter_collection_rows_jsonl", b"1" * 5000 + b"\n"),
+    ("iter_collection_jsonl", b"1" * 5000 + b"\n"),
     ("read_encode_records", b'{"text_id": 1, "text": [' + b"9" * 5000 + b"]}\n"),
     ("read_qrels", b"q\t0\tp\tinf\n"),                          # int(float("inf")): OverflowError
     ("read_qrels", b"q\t0\tp\tnan\n"),
@@ -244,16 +244,16 @@ def test_missing_file_is_input_error(tmp_path):
     for name in READER_NAMES:
         suffix, function = TEXT_READERS[name]
         parses_or_input_error(function, tmp_path / f"absent{suffix}")
-    for function in (io.load_encodings, io.load_shard_ranking):
+    for function in (tensor_files.load_encodings, tensor_files.load_shard_ranking):
         parses_or_input_error(function, tmp_path / "absent.pt")
 
 
 # --------------------------------------------------------------------------- truncated text files
 RANKING_KINDS = {  # kind: file name, writer, reader
-    "ranking": ("rank.tsv", io.write_ranking, io.read_run),
-    "groups": ("rank.tsv", io.write_ranking, io.iter_ranking_groups),
-    "marco": ("rank.marco", io.write_marco_run, io.read_run),
-    "trec": ("rank.trec", io.write_trec_run, io.read_run),
+    "ranking": ("rank.tsv", text_formats.write_ranking, text_formats.read_run),
+    "groups": ("rank.tsv", text_formats.write_ranking, text_formats.iter_ranking_groups),
+    "marco": ("rank.marco", text_formats.write_marco_run, text_formats.read_run),
+    "trec": ("rank.trec", text_formats.write_trec_run, text_formats.read_run),
 }
 
 
@@ -282,13 +282,13 @@ def test_truncated_collection_and_queries(texts, cut, suffix):
     with scratch() as folder:
         path = folder / f"c{suffix}"
         if suffix == ".tsv":
-            io.write_tsv(path, [(f"id{i}", text.replace("\t", " ").replace("\n", " ").replace("\r", " ") or "x")
+            text_formats.write_tsv(path, [(f"id{i}", text.replace("\t", " ").replace("\n", " ").replace("\r", " ") or "x")
                                 for i, text in enumerate(texts)])
         else:
-            io.write_jsonl(path, [{"_id": f"id{i}", "text": text} for i, text in enumerate(texts)])
+            text_formats.write_jsonl(path, [{"_id": f"id{i}", "text": text} for i, text in enumerate(texts)])
         data = path.read_bytes()
         path.write_bytes(data[: int(len(data) * cut)])
-        for reader in (io.read_queries, io.iter_collection, io.iter_collection_rows):
+        for reader in (text_formats.read_queries, text_formats.iter_collection, text_formats.iter_collection):
             parses_or_input_error(reader, path)
 
 
@@ -299,16 +299,16 @@ def test_truncated_collection_and_queries(texts, cut, suffix):
 @example(qrels={"query-id": {"corpus-id": 2}})
 def test_qrels_round_trip(qrels):
     with scratch() as folder:
-        io.write_qrels(folder / "qrels.tsv", qrels)
-        assert io.read_qrels(folder / "qrels.tsv") == qrels
+        text_formats.write_qrels(folder / "qrels.tsv", qrels)
+        assert text_formats.read_qrels(folder / "qrels.tsv") == qrels
 
 
 @SETTINGS
 @given(queries=unique_dict(ids, field_text.filter(str.strip), min_size=0, max_size=6))
 def test_queries_tsv_round_trip(queries):
     with scratch() as folder:
-        io.write_tsv(folder / "queries.tsv", queries.items())
-        assert io.read_queries(folder / "queries.tsv") == {qid: text.strip() for qid, text in queries.items()}
+        text_formats.write_tsv(folder / "queries.tsv", queries.items())
+        assert text_formats.read_queries(folder / "queries.tsv") == {qid: text.strip() for qid, text in queries.items()}
 
 
 @SETTINGS
@@ -317,8 +317,8 @@ def test_queries_tsv_round_trip(queries):
 def test_queries_jsonl_round_trip(queries, key):
     """JSON lines carry any text (tabs and line breaks included)."""
     with scratch() as folder:
-        io.write_jsonl(folder / "queries.jsonl", [{key: qid, "text": text} for qid, text in queries.items()])
-        assert io.read_queries(folder / "queries.jsonl") == {qid: text.strip() for qid, text in queries.items()}
+        text_formats.write_jsonl(folder / "queries.jsonl", [{key: qid, "text": text} for qid, text in queries.items()])
+        assert text_formats.read_queries(folder / "queries.jsonl") == {qid: text.strip() for qid, text in queries.items()}
 
 
 @SETTINGS
@@ -330,13 +330,13 @@ def test_collection_tsv_round_trip(passages, start, length):
     expected = [(pid, (title or "").strip(), text.strip()) for pid, (title, text) in passages.items()]
     with scratch() as folder:
         path = folder / "corpus.tsv"
-        io.write_tsv(path, rows)
-        assert [row[1:] for row in io.iter_collection(path)] == expected
-        assert io.read_collection(path) == {pid: (title, text) for pid, title, text in expected}
-        assert [row[1:] for row in io.iter_collection_rows(path)] == expected
-        assert [row[1:] for row in io.iter_collection_rows(path, start, start + length)] == \
+        text_formats.write_tsv(path, rows)
+        assert [row[1:] for row in text_formats.iter_collection(path)] == expected
+        assert text_formats.read_collection(path) == {pid: (title, text) for pid, title, text in expected}
+        assert [row[1:] for row in text_formats.iter_collection(path)] == expected
+        assert [row[1:] for row in text_formats.iter_collection(path, start, start + length)] == \
             expected[start:start + length]
-        assert io.count_data_lines(path) == len(expected)
+        assert text_formats.count_data_lines(path) == len(expected)
 
 
 @SETTINGS
@@ -346,21 +346,21 @@ def test_collection_tsv_round_trip(passages, start, length):
 def test_collection_jsonl_round_trip(passages, key):
     with scratch() as folder:
         path = folder / "corpus.jsonl"
-        io.write_jsonl(path, [{key: pid, "title": title, "text": text} for pid, (title, text) in passages.items()])
+        text_formats.write_jsonl(path, [{key: pid, "title": title, "text": text} for pid, (title, text) in passages.items()])
         expected = [(pid, title.strip(), text.strip()) for pid, (title, text) in passages.items()]
-        assert [row[1:] for row in io.iter_collection(path)] == expected
-        assert [row[1:] for row in io.iter_collection_rows(path)] == expected
+        assert [row[1:] for row in text_formats.iter_collection(path)] == expected
+        assert [row[1:] for row in text_formats.iter_collection(path)] == expected
 
 
 @SETTINGS
 @given(negatives=unique_dict(ids, st.lists(list_ids, max_size=6), max_size=6))
 def test_negatives_round_trip(negatives):
     with scratch() as folder:
-        io.write_negatives(folder / "a.tsv", negatives)
-        io.write_negatives_iter(folder / "b.tsv", iter(negatives.items()))
+        text_formats.write_negatives(folder / "a.tsv", negatives)
+        text_formats.write_negatives(folder / "b.tsv", iter(negatives.items()))
         assert (folder / "a.tsv").read_bytes() == (folder / "b.tsv").read_bytes()
-        assert io.read_negatives(folder / "a.tsv") == negatives
-        assert {qid: pids for _, qid, pids in io.iter_negatives(folder / "a.tsv")} == negatives
+        assert text_formats.read_negatives(folder / "a.tsv") == negatives
+        assert {qid: pids for _, qid, pids in text_formats.iter_negatives(folder / "a.tsv")} == negatives
 
 
 def _as_float32(value) -> np.float32:
@@ -374,13 +374,13 @@ def test_ranking_round_trip(ranking):
     """write_ranking -> read_run and iter_ranking_groups: same ids, same float32 scores."""
     with scratch() as folder:
         path = folder / "rank.tsv"
-        io.write_ranking(path, ranking)
-        run = io.read_run(path)
+        text_formats.write_ranking(path, ranking)
+        run = text_formats.read_run(path)
         assert run == {qid: {pid: run[qid][pid] for pid, _ in hits} for qid, hits in ranking if hits}
         for qid, hits in ranking:
             for pid, score in hits:
                 assert _as_float32(run[qid][pid]) == np.float32(score)
-        groups = list(io.iter_ranking_groups(path))
+        groups = list(text_formats.iter_ranking_groups(path))
         assert [(qid, [pid for pid, _ in hits]) for qid, hits in groups] == \
             [(qid, [pid for pid, _ in hits]) for qid, hits in ranking if hits]
         for (_, read_hits), (_, hits) in zip(groups, [g for g in ranking if g[1]]):
@@ -392,11 +392,11 @@ def test_ranking_round_trip(ranking):
 def test_marco_run_round_trip(ranking):
     with scratch() as folder:
         path = folder / "rank.marco"
-        io.write_marco_run(path, ranking)
+        text_formats.write_marco_run(path, ranking)
         expected = {qid: {pid: -float(rank) for rank, (pid, _) in enumerate(hits, start=1)}
                     for qid, hits in ranking if hits}
-        assert io.read_run(path) == expected
-        assert io.read_run(path, "rank") == expected
+        assert text_formats.read_run(path) == expected
+        assert text_formats.read_run(path, "rank") == expected
 
 
 @SETTINGS
@@ -405,17 +405,17 @@ def test_trec_run_round_trip(ranking):
     """TREC runs are space-separated, so ids here contain no whitespace; scores are exact doubles."""
     with scratch() as folder:
         path = folder / "rank.trec"
-        io.write_trec_run(path, ranking, tag="run-1")
+        text_formats.write_trec_run(path, ranking, tag="run-1")
         expected = {qid: dict(hits) for qid, hits in ranking if hits}
-        assert io.read_run(path) == expected
-        assert io.read_run(path, "trec") == expected
+        assert text_formats.read_run(path) == expected
+        assert text_formats.read_run(path, "trec") == expected
 
 
 @SETTINGS
 @given(records=st.lists(st.tuples(ids, st.lists(st.integers(0, 2 ** 31), max_size=8)), max_size=6))
 def test_encode_records_round_trip(records):
     with scratch() as folder:
-        io.write_jsonl(folder / "in.jsonl", [{"text_id": i, "text": t} for i, t in records])
+        text_formats.write_jsonl(folder / "in.jsonl", [{"text_id": i, "text": t} for i, t in records])
         assert read_encode_records([str(folder / "in.jsonl")]) == ([i for i, _ in records], [t for _, t in records])
 
 
@@ -427,7 +427,7 @@ def test_encode_records_round_trip(records):
 }), max_size=5))
 def test_train_records_round_trip(groups):
     with scratch() as folder:
-        io.write_jsonl(folder / "train.jsonl", groups)
+        text_formats.write_jsonl(folder / "train.jsonl", groups)
         assert _validate_all_train_records(folder / "train.jsonl") == groups
 
 
@@ -450,12 +450,12 @@ def encodings(draw):
 def test_encodings_round_trip(data, as_tensor):
     reps, id_list = data
     with scratch() as folder:
-        io.save_encodings(folder / "e.pt", torch.from_numpy(reps) if as_tensor else reps, id_list)
-        loaded, loaded_ids = io.load_encodings(folder / "e.pt")
+        tensor_files.save_encodings(folder / "e.pt", torch.from_numpy(reps) if as_tensor else reps, id_list)
+        loaded, loaded_ids = tensor_files.load_encodings(folder / "e.pt")
         assert loaded_ids == id_list
         assert loaded.dtype == torch.float32 and tuple(loaded.shape) == reps.shape
         assert loaded.numpy().tobytes() == reps.tobytes()               # bit-exact, NaN and -0.0 included
-        assert io.is_complete_encodings(folder / "e.pt")
+        assert tensor_files.is_complete_encodings(folder / "e.pt")
 
 
 @st.composite
@@ -474,22 +474,22 @@ def shard_rankings(draw):
 def test_shard_ranking_round_trip(data):
     query_ids, passage_ids, scores, indices = data
     with scratch() as folder:
-        io.save_shard_ranking(folder / "r.pt", query_ids, passage_ids, scores, indices)
-        payload = io.load_shard_ranking(folder / "r.pt")
+        tensor_files.save_shard_ranking(folder / "r.pt", query_ids, passage_ids, scores, indices)
+        payload = tensor_files.load_shard_ranking(folder / "r.pt")
         assert payload["query_ids"] == query_ids and payload["passage_ids"] == passage_ids
         assert payload["scores"].numpy().tobytes() == scores.tobytes()
         assert payload["indices"].dtype == torch.int64 and np.array_equal(payload["indices"].numpy(), indices)
 
 
 # --------------------------------------------------------------------------- garbage: binary formats
-BINARY_READERS = {"load_encodings": io.load_encodings, "load_shard_ranking": io.load_shard_ranking}
+BINARY_READERS = {"load_encodings": tensor_files.load_encodings, "load_shard_ranking": tensor_files.load_shard_ranking}
 
 
 def _real_binary(kind: str, path: Path) -> None:
     if kind == "load_encodings":
-        io.save_encodings(path, np.arange(12, dtype=np.float32).reshape(3, 4), ["a", "b", "ç"])
+        tensor_files.save_encodings(path, np.arange(12, dtype=np.float32).reshape(3, 4), ["a", "b", "ç"])
     else:
-        io.save_shard_ranking(path, ["q1", "q2"], ["p1", "p2", "p3"], [[3.0, 1.0], [2.0, 0.5]], [[0, 2], [1, 0]])
+        tensor_files.save_shard_ranking(path, ["q1", "q2"], ["p1", "p2", "p3"], [[3.0, 1.0], [2.0, 0.5]], [[0, 2], [1, 0]])
 
 
 @pytest.mark.parametrize("reader", sorted(BINARY_READERS))
@@ -500,7 +500,7 @@ def test_binary_random_bytes(reader, data):
         path = folder / "x.pt"
         path.write_bytes(data)
         assert parses_or_input_error(BINARY_READERS[reader], path) is None
-        assert not io.is_complete_encodings(path)
+        assert not tensor_files.is_complete_encodings(path)
 
 
 @pytest.mark.parametrize("reader", sorted(BINARY_READERS))
@@ -549,7 +549,7 @@ def test_binary_foreign_payloads(reader, fields, right_format):
     with scratch() as folder:
         path = folder / "x.pt"
         if right_format:
-            fields["format"] = io.ENCODINGS_FORMAT if reader == "load_encodings" else io.RANKING_FORMAT
+            fields["format"] = tensor_files.ENCODINGS_FORMAT if reader == "load_encodings" else tensor_files.RANKING_FORMAT
         torch.save(fields, path)
         loaded = parses_or_input_error(BINARY_READERS[reader], path)
         if loaded is None:
@@ -567,11 +567,11 @@ def test_binary_other_files(tmp_path, reader):
     """A tensor, a plain zip, a text file, a pickle of an arbitrary class: all InputError."""
     cases = {"tensor.pt": None, "plain.zip": None, "text.pt": b"q1\tp1\t0.5\n", "empty.pt": b""}
     torch.save(torch.ones(2, 2), tmp_path / "tensor.pt")
-    buffer = _io.BytesIO()
+    buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("data.pkl", b"not a pickle")
     (tmp_path / "plain.zip").write_bytes(buffer.getvalue())
-    torch.save({"format": io.ENCODINGS_FORMAT, "obj": Fraction(1, 3)}, tmp_path / "class.pt")  # not weights_only-safe
+    torch.save({"format": tensor_files.ENCODINGS_FORMAT, "obj": Fraction(1, 3)}, tmp_path / "class.pt")  # not weights_only-safe
     for name, data in cases.items():
         if data is not None:
             (tmp_path / name).write_bytes(data)

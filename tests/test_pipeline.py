@@ -10,7 +10,8 @@ import subprocess
 import pytest
 
 from helpers import REPO_ROOT
-from tevatron.io import iter_jsonl, load_encodings, read_qrels, read_run
+from tevatron.tensor_files import load_encodings
+from tevatron.text_formats import iter_jsonl, read_qrels, read_run
 
 pytestmark = pytest.mark.slow
 

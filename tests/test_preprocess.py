@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tevatron.io import (iter_collection, read_collection, read_negatives, read_qrels, read_queries, write_jsonl,
-                         write_negatives, write_qrels, write_tsv)
+from tevatron.text_formats import (iter_collection, read_collection, read_negatives, read_qrels, read_queries,
+                                   write_jsonl, write_negatives, write_qrels, write_tsv)
 from tevatron.preprocess import build_train, build_train_hn, layout, tokenize
 from tevatron.preprocess.build_train import TrainSetOptions, sample_negatives
 from tevatron.tokenization import load_tokenizer

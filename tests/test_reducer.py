@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tevatron.faiss_retriever import reducer, retriever
-from tevatron.io import InputError, save_encodings, save_shard_ranking
+from tevatron.files import InputError
+from tevatron.tensor_files import save_encodings, save_shard_ranking
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +69,7 @@ def test_reduced_shards_equal_search_all_at_once_with_ties(tied_corpus, tmp_path
 def test_ties_are_really_present_across_shards(tied_corpus, tmp_path):
     """Guard for the test above: equal scores from different shards must occur inside the top 30."""
     search(tied_corpus["queries"], tied_corpus["glob"], tmp_path / "all.pt", 30)
-    from tevatron.io import load_shard_ranking
+    from tevatron.tensor_files import load_shard_ranking
 
     ranking = load_shard_ranking(tmp_path / "all.pt")
     scores, positions = ranking["scores"], ranking["indices"]

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from tevatron.faiss_retriever.retriever import (FaissFlatIPSearcher, TorchFlatIPSearcher, load_passage_shards,
                                                 main, merge_topk, order_by_score_then_position, search_passages)
-from tevatron.io import load_shard_ranking, read_run, save_encodings
+from tevatron.tensor_files import load_shard_ranking, save_encodings
+from tevatron.text_formats import read_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import run_module, write_jsonl
-from tevatron.io import iter_jsonl, positives_from_qrels, read_qrels
+from tevatron.text_formats import iter_jsonl, positives_from_qrels, read_qrels
 from tevatron.modeling import DenseModel
 from tevatron.tokenization import load_tokenizer
 

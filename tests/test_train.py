@@ -12,7 +12,7 @@ from helpers import error_lines, run_module, toy_groups, write_jsonl
 from tevatron.arguments import DataArguments, ModelArguments
 from tevatron.data import SequencePadder, TrainCollator, load_train_groups, sample_group
 from tevatron.gradcache import grad_cache_step
-from tevatron.io import InputError
+from tevatron.files import InputError
 from tevatron.modeling import DenseModel
 from tevatron.tokenization import load_tokenizer
 

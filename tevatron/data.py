@@ -14,7 +14,8 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .io import InputError, iter_jsonl
+from .files import InputError
+from .text_formats import iter_jsonl
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ import math
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from tevatron.io import (InputError, atomic_text_writer, iter_ranking_groups, read_qrels, read_run,
-                        report_input_errors, write_marco_run, write_trec_run)
+from tevatron.cli import command
+from tevatron.files import InputError, atomic_text_writer
+from tevatron.text_formats import iter_ranking_groups, read_qrels, read_run, write_marco_run, write_trec_run
 
 MRR_CUTOFF = 10
 RECALL_CUTOFFS = (50, 100, 1000)
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@report_input_errors
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     qrels = read_qrels(args.qrels)

@@ -335,7 +335,7 @@ class DenseModel(nn.Module):
     def save(self, output_dir) -> None:
         """Write every file under a temporary name first and rename it into place once complete
         (``tevatron_config.json`` last), so a killed save never leaves a half-written weights file."""
-        from .io import staged_files
+        from .files import staged_files
 
         with staged_files(output_dir, last=(TEVATRON_CONFIG,)) as staging:
             if self.dense_config.untie_encoder:

@@ -9,7 +9,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .gradcache import grad_cache_step
-from .io import atomic_text_writer, staged_files
+from .files import atomic_text_writer, staged_files
 
 logger = logging.getLogger(__name__)
 

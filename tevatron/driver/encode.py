@@ -16,7 +16,9 @@ from transformers import HfArgumentParser
 
 from tevatron.arguments import DataArguments, EncodeArguments, ModelArguments
 from tevatron.data import SequencePadder, length_sorted_batches, read_encode_records, shard_range
-from tevatron.io import InputError, is_complete_encodings, report_input_errors, save_encodings
+from tevatron.cli import CommandError, command
+from tevatron.files import InputError
+from tevatron.tensor_files import is_complete_encodings, save_encodings
 from tevatron.cpu_kernels import use_onednn_linear
 from tevatron.modeling import DenseModel
 from tevatron.tokenization import load_tokenizer
@@ -48,14 +50,12 @@ def encode_texts(model: DenseModel, padder: SequencePadder, texts, max_len: int,
     return output
 
 
-@report_input_errors
+@command
 def main(argv=None) -> int:
     parser = HfArgumentParser((ModelArguments, DataArguments, EncodeArguments))
     model_args, data_args, encode_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
     if not data_args.encode_in_path or not data_args.encoded_save_path:
-        raise SystemExit("error: give --encode_in_path and --encoded_save_path")
+        raise CommandError("give --encode_in_path and --encoded_save_path")
     if is_complete_encodings(data_args.encoded_save_path) and not data_args.overwrite:
         logger.info("%s is complete; skipping (use --overwrite to redo it)", data_args.encoded_save_path)
         return 0

@@ -13,7 +13,8 @@ from transformers import HfArgumentParser, set_seed
 
 from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingArguments
 from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups
-from tevatron.io import InputError, report_input_errors
+from tevatron.cli import command
+from tevatron.files import InputError
 from tevatron.cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
 from tevatron.modeling import DenseModel
 from tevatron.tokenization import load_tokenizer
@@ -73,11 +74,10 @@ def _checkpoint_to_resume(output_dir) -> str | None:
     return last
 
 
-@report_input_errors
+@command
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO if training_args.process_index == 0 else logging.WARNING)
+    logging.getLogger().setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)  # one process logs
     if training_args.resume_from_checkpoint is None and not training_args.overwrite_output_dir:
         training_args.resume_from_checkpoint = _checkpoint_to_resume(training_args.output_dir)
     set_seed(training_args.seed)

@@ -21,7 +21,10 @@ import numpy as np
 import torch
 
 from tevatron.faiss_retriever.retriever import merge_topk
-from tevatron.io import InputError, load_encodings, load_shard_ranking, report_input_errors, write_ranking
+from tevatron.cli import command
+from tevatron.files import InputError
+from tevatron.tensor_files import load_encodings, load_shard_ranking
+from tevatron.text_formats import write_ranking
 
 logger = logging.getLogger(__name__)
 
@@ -186,10 +189,9 @@ def parse_arguments(argv: Sequence[str] | None) -> ReduceArguments:
     return args
 
 
-@report_input_errors
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_reduce(args)
     return 0
 

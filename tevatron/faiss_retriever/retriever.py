@@ -26,7 +26,10 @@ import torch
 from tqdm import tqdm
 
 from tevatron.cpu_kernels import onednn_matmul_bt
-from tevatron.io import InputError, load_encodings, report_input_errors, save_shard_ranking, write_ranking
+from tevatron.cli import command
+from tevatron.files import InputError
+from tevatron.tensor_files import load_encodings, save_shard_ranking
+from tevatron.text_formats import write_ranking
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ DEFAULT_BLOCK_ROWS = 32768
 class SearchArguments:
     """Command-line flags (Tevatron v1 names)."""
 
-    query_reps: str = field(metadata={"help": "query encodings file (tevatron.io.save_encodings)"})
+    query_reps: str = field(metadata={"help": "query encodings file (tevatron.tensor_files.save_encodings)"})
     passage_reps: str = field(metadata={"help": "passage encodings file, or a glob of shards (searched in sorted order)"})
     save_ranking_to: str = field(metadata={"help": "output: binary shard ranking, or text with --save_text"})
     depth: int = field(default=1000, metadata={"help": "passages returned per query"})
@@ -334,7 +337,7 @@ def search_passages(query_reps: torch.Tensor, passages: PassageShards, depth: in
 
 
 def iter_text_ranking(query_ids, passage_ids, scores: torch.Tensor, positions: torch.Tensor):
-    """Yield ``(qid, [(pid, score), ...])`` for :func:`tevatron.io.write_ranking`."""
+    """Yield ``(qid, [(pid, score), ...])`` for :func:`tevatron.text_formats.write_ranking`."""
     for row, qid in enumerate(query_ids):
         hits = zip(positions[row].tolist(), scores[row].tolist())
         yield qid, [(passage_ids[position], score) for position, score in hits]
@@ -378,9 +381,8 @@ def parse_arguments(argv: Sequence[str] | None) -> SearchArguments:
     return args
 
 
-@report_input_errors
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_search(args)
     return 0

@@ -21,9 +21,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from tevatron.io import (InputError, iter_collection, positives_from_qrels, read_qrels, read_queries,
-                         write_negatives_iter, write_ranking)
-from tevatron.preprocess.common import real_title, run_cli
+from tevatron.cli import command
+from tevatron.files import InputError
+from tevatron.text_formats import (iter_collection, positives_from_qrels, read_qrels, read_queries,
+                                   write_negatives, write_ranking)
+from tevatron.preprocess.common import real_title
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +236,7 @@ def run_bm25(collection, train_queries=None, train_qrels=None, negatives_out=Non
     index = index_collection(collection, k1, b)
     if train is not None:
         queries, positives = train
-        write_negatives_iter(negatives_out,
+        write_negatives(negatives_out,
                              iter_bm25_negatives(index, queries, positives, depth, batch_size, n_threads))
         logger.info("wrote %s", negatives_out)
     if dev is not None:
@@ -278,4 +280,4 @@ def _main(argv: Sequence[str] | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    return command(_main)(argv)

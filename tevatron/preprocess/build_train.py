@@ -27,10 +27,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from tevatron.io import (InputError, atomic_text_writer, iter_collection, iter_negatives, positives_from_qrels,
-                         read_qrels, read_queries)
+from tevatron.cli import command
+from tevatron.files import InputError, atomic_text_writer
+from tevatron.text_formats import iter_collection, iter_negatives, positives_from_qrels, read_qrels, read_queries
 from tevatron.preprocess.common import (clear_complete_marker, file_signature, finish_directory_output, is_complete,
-                                        real_title, run_cli)
+                                        real_title)
 from tevatron.preprocess.tokenize import (DEFAULT_BATCH_SIZE, iter_batches, passage_text, split_path,
                                           tokenize_batch)
 from tevatron.tokenization import load_tokenizer
@@ -295,4 +296,4 @@ def _main(argv: Sequence[str] | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    return command(_main)(argv)

@@ -10,10 +10,12 @@ import argparse
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from tevatron.io import InputError, iter_ranking_groups
+from tevatron.cli import command
+from tevatron.files import InputError
+from tevatron.text_formats import iter_ranking_groups
 from tevatron.preprocess.build_train import (TrainSetOptions, add_common_arguments, build_training_set,
                                              options_from_args)
-from tevatron.preprocess.common import file_signature, run_cli
+from tevatron.preprocess.common import file_signature
 
 
 def iter_ranked_candidates(ranking_file, depth: int = 200, skip_top: int = 0) -> Iterator[tuple[str, list[str]]]:
@@ -59,4 +61,4 @@ def _main(argv: Sequence[str] | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    return command(_main)(argv)

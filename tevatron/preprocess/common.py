@@ -1,4 +1,4 @@
-"""Helpers every preprocessing step shares: one-line CLI errors, completion markers, TSV-safe text.
+"""Helpers every preprocessing step shares: completion markers, TSV-safe text.
 
 Each step is resumable: single-file outputs are written atomically (so an existing file is a finished
 file), and directory outputs get a ``.complete`` marker, written last, that records the parameters
@@ -9,34 +9,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Sequence
 
-from tevatron.io import InputError, atomic_text_writer, report_input_errors
+from tevatron.files import InputError, atomic_text_writer
 
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".complete"
-
-
-class PreprocessError(RuntimeError):
-    """A problem the user has to fix that is not a malformed file (offline download, unknown source)."""
-
-
-# --------------------------------------------------------------------------- command lines
-def configure_logging() -> None:
-    """INFO-level logs with timestamps: the steps are long and the timings matter."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Run ``main``; bad input becomes one ``error: file:line: message`` line and exit status 2 (as every
-    tevatron command line).
-
-    Tracebacks are for bugs; a user who fed a malformed file needs the file and line, nothing else.
-    """
-    configure_logging()
-    status = report_input_errors(main, (PreprocessError,))(argv)
-    return 2 if status == 2 else 0
 
 
 # --------------------------------------------------------------------------- completion markers

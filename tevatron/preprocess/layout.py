@@ -26,9 +26,10 @@ from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from tevatron.io import (InputError, atomic_output, iter_collection, iter_tsv, read_qrels, read_queries,
-                         write_qrels, write_tsv)
-from tevatron.preprocess.common import PreprocessError, check_id, real_title, run_cli, tsv_safe
+from tevatron.cli import CommandError, command
+from tevatron.files import InputError, atomic_output
+from tevatron.text_formats import iter_collection, iter_tsv, read_qrels, read_queries, write_qrels, write_tsv
+from tevatron.preprocess.common import check_id, real_title, tsv_safe
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +60,13 @@ def detect_source(source: str) -> str:
             return "beir"
         if (path / CORPUS_FILE).is_file() or _first_existing(path, MARCO_PASSAGE_FILES) is not None:
             return "marco"
-        raise PreprocessError(f"{path}: neither a BEIR folder (corpus.jsonl) nor an MS MARCO folder "
+        raise CommandError(f"{path}: neither a BEIR folder (corpus.jsonl) nor an MS MARCO folder "
                               f"(corpus.tsv, para.txt or collection.tsv)")
     if path.exists():
-        raise PreprocessError(f"{path}: expected a folder or a BEIR dataset name")
+        raise CommandError(f"{path}: expected a folder or a BEIR dataset name")
     if BEIR_NAME.match(source) and "/" not in source:
         return "beir-name"
-    raise PreprocessError(f"{source}: no such folder")
+    raise CommandError(f"{source}: no such folder")
 
 
 def _first_existing(folder: Path, names: Sequence[str]) -> Path | None:
@@ -138,7 +139,7 @@ def _marco_passage_file(source: Path) -> Path:
     """The passage file of an MS MARCO folder: an existing ``corpus.tsv`` wins over ``para.txt``."""
     text_path = _first_existing(source, (CORPUS_FILE,) + MARCO_PASSAGE_FILES)
     if text_path is None:
-        raise PreprocessError(f"{source}: no corpus.tsv, para.txt or collection.tsv")
+        raise CommandError(f"{source}: no corpus.tsv, para.txt or collection.tsv")
     return text_path
 
 
@@ -169,7 +170,7 @@ def prepare_marco(source: Path, out: Path, overwrite: bool = False) -> list[Path
         _write_unless_present(out / qrels_out, lambda p, q=qrels_path: write_qrels(p, read_qrels(q)), overwrite)
         outputs += [out / query_out, out / qrels_out]
     if len(outputs) == 1:
-        raise PreprocessError(f"{source}: found a corpus but no queries with qrels")
+        raise CommandError(f"{source}: found a corpus but no queries with qrels")
     return outputs
 
 
@@ -188,7 +189,7 @@ def prepare_beir(source: Path, out: Path, overwrite: bool = False) -> list[Path]
     """Normalise a BEIR folder: train split -> train files, test split -> dev files."""
     for required in ("corpus.jsonl", "queries.jsonl"):
         if not (source / required).is_file():
-            raise PreprocessError(f"{source}: BEIR folder without {required}")
+            raise CommandError(f"{source}: BEIR folder without {required}")
     outputs = [out / CORPUS_FILE]
     corpus_path = source / "corpus.jsonl"
     _write_unless_present(
@@ -214,7 +215,7 @@ def prepare_beir(source: Path, out: Path, overwrite: bool = False) -> list[Path]
                               overwrite)
         _write_unless_present(out / qrels_out, lambda p: write_qrels(p, qrels), overwrite)
     if len(outputs) == 1:
-        raise PreprocessError(f"{source}: BEIR folder without qrels/train.tsv or qrels/test.tsv")
+        raise CommandError(f"{source}: BEIR folder without qrels/train.tsv or qrels/test.tsv")
     return outputs
 
 
@@ -236,7 +237,7 @@ def download_file(url: str, target: Path, timeout: float, hint: str) -> None:
                     progress.update(len(block))
     except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as err:
         reason = getattr(err, "reason", None) or err
-        raise PreprocessError(f"cannot download {url} ({reason}); {hint}") from None
+        raise CommandError(f"cannot download {url} ({reason}); {hint}") from None
 
 
 def extract_beir_zip(zip_path: Path, target: Path) -> Path:
@@ -296,4 +297,4 @@ def _main(argv: Sequence[str] | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv)
+    return command(_main)(argv)

@@ -16,10 +16,11 @@ from typing import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from tevatron.io import (InputError, atomic_text_writer, count_data_lines, iter_collection_rows, read_queries,
-                         write_jsonl)
-from tevatron.preprocess.common import (PreprocessError, file_signature, finish_directory_output, real_title,
-                                        run_cli, start_directory_output)
+from tevatron.cli import CommandError, command
+from tevatron.files import InputError, atomic_text_writer
+from tevatron.text_formats import count_data_lines, iter_collection, read_queries, write_jsonl
+from tevatron.preprocess.common import (file_signature, finish_directory_output, real_title,
+                                        start_directory_output)
 from tevatron.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def tokenize_split(job: dict) -> tuple[int, int]:
     The job carries the tokenizer itself (fast tokenizers pickle), so workers never go to the hub.
     """
     tokenizer = job["tokenizer"]
-    rows = iter_collection_rows(job["corpus"], job["start"], job["stop"])
+    rows = iter_collection(job["corpus"], job["start"], job["stop"])
     records = ((pid, passage_text(title, text, tokenizer.sep_token)) for _, pid, title, text in rows)
     count = 0
     with atomic_text_writer(job["path"]) as out:
@@ -133,7 +134,7 @@ def _run_jobs(jobs: list[dict], num_workers: int) -> Iterator[tuple[int, int]]:
     with multiprocessing.get_context("spawn").Pool(min(num_workers, len(jobs))) as pool:
         for index, count, error in pool.imap_unordered(_tokenize_split_reporting, jobs):
             if error is not None:
-                raise PreprocessError(error)
+                raise CommandError(error)
             yield index, count
 
 
@@ -205,8 +206,8 @@ def _passages_main(argv: Sequence[str] | None) -> None:
 
 
 def queries_main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_queries_main, argv)
+    return command(_queries_main)(argv)
 
 
 def passages_main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_passages_main, argv)
+    return command(_passages_main)(argv)

@@ -1,109 +1,13 @@
-"""Every file format the toolkit reads or writes, in one place.
-
-Readers raise :class:`InputError`, whose message is one line naming the file (and line) of the bad
-input.  Writers go through :func:`atomic_output`, so an interrupted run never leaves a file that looks
-finished.  Ids are strings everywhere.
+"""Text formats the toolkit reads and writes: qrels, queries, collections, negatives, runs and rankings,
+JSON lines.  Ids are strings everywhere.  Reading a text file never imports torch.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import os
-import sys
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import numpy as np
-import torch
-
-ENCODINGS_FORMAT = "tevatron.encodings"
-RANKING_FORMAT = "tevatron.ranking"
-FORMAT_VERSION = 1
-
-
-# Characters str.splitlines() breaks on: escaped in messages, so ids from JSON keep an error on one line.
-_LINE_BREAKS = {ord(ch): f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}"
-                for ch in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
-
-
-class InputError(ValueError):
-    """Bad input: the message names the file and, where there is one, the line."""
-
-    def __init__(self, path, message: str, line: int | None = None):
-        self.path = str(path)
-        self.line = line
-        where = f"{self.path}:{line}" if line is not None else self.path
-        super().__init__(f"{where}: {message.translate(_LINE_BREAKS)}")
-
-
-def report_input_errors(main, user_errors: tuple = ()):
-    """Decorate a command line's ``main``: bad input (:class:`InputError`, or one of ``user_errors``)
-    becomes one ``error: file:line: message`` line on stderr and exit status 2 instead of a traceback
-    (tracebacks are for bugs)."""
-    @functools.wraps(main)
-    def wrapped(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except (InputError, *user_errors) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    return wrapped
-
-
-# --------------------------------------------------------------------------- atomic writes
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_output(path, suffix: str = ""):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs get ordinary permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_text_writer(path):
-    """Open a text file for writing that appears under ``path`` only when complete."""
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-            yield handle
-
-
-@contextlib.contextmanager
-def staged_files(output_dir, last: Sequence[str] = ()):
-    """Yield a hidden staging folder inside ``output_dir``; when the block succeeds, rename every file
-    written there into the same place under ``output_dir`` (names in ``last`` at the end), so each file
-    appears only complete.  On failure nothing is moved and the staging folder is removed."""
-    import shutil
-
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=output_dir))
-    try:
-        yield staging
-        files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name in last)
-        for path in files:
-            target = output_dir / path.relative_to(staging)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
+from tevatron.files import InputError, atomic_text_writer
 
 # --------------------------------------------------------------------------- text readers
 def iter_lines(path) -> Iterator[tuple[int, str]]:
@@ -248,30 +152,6 @@ def read_queries(path) -> dict[str, str]:
     return queries
 
 
-def iter_collection(path) -> Iterator[tuple[int, str, str, str]]:
-    """Yield ``(line_number, pid, title, text)`` from ``pid\\ttitle\\ttext`` / ``pid\\ttext`` TSV or
-    BEIR JSON lines (``_id``, ``title``, ``text``).  Duplicate ids are an error."""
-    path = Path(path)
-    seen: set[str] = set()
-    if path.suffix in (".jsonl", ".json"):
-        def records():
-            for n, r in iter_jsonl(path):
-                yield n, r.get("_id", r.get("docid")), r.get("title") or "", r.get("text")
-    else:
-        def records():
-            for n, fields in iter_tsv(path, (2, 3)):
-                title = fields[1] if len(fields) == 3 else ""
-                yield n, fields[0], title, fields[-1]
-    for number, pid, title, text in records():
-        pid = _require_id(path, number, pid, "passage id")
-        if not isinstance(text, str) or not isinstance(title, str):
-            raise InputError(path, f"passage {pid} has no text", number)
-        if pid in seen:
-            raise InputError(path, f"duplicate passage id {pid}", number)
-        seen.add(pid)
-        yield number, pid, title.strip(), text.strip()
-
-
 def read_collection(path) -> dict[str, tuple[str, str]]:
     collection = {pid: (title, text) for _, pid, title, text in iter_collection(path)}
     if not collection:
@@ -296,83 +176,12 @@ def read_negatives(path) -> dict[str, list[str]]:
     return {qid: pids for _, qid, pids in iter_negatives(path)}
 
 
-def write_negatives(path, negatives: dict[str, Sequence[str]]) -> None:
-    write_tsv(path, ((qid, ",".join(pids)) for qid, pids in negatives.items()))
+def write_negatives(path, groups) -> None:
+    """Write ``qid\tpid,pid,...`` lines from a ``{qid: pids}`` mapping or an iterable of ``(qid, pids)``
+    pairs (streamed: pairs are written as they arrive)."""
+    pairs = groups.items() if hasattr(groups, "items") else groups
+    write_tsv(path, ((qid, ",".join(pids)) for qid, pids in pairs))
 
-
-# --------------------------------------------------------------------------- encodings
-def save_encodings(path, reps, ids: Sequence[str]) -> None:
-    """Save vectors and their string ids (torch zip format, loadable with ``weights_only=True``)."""
-    reps = torch.as_tensor(np.asarray(reps, dtype=np.float32) if not torch.is_tensor(reps) else reps)
-    reps = reps.detach().to("cpu", torch.float32).contiguous()
-    ids = [str(i) for i in ids]
-    if reps.ndim != 2 or reps.shape[0] != len(ids):
-        raise ValueError(f"{len(ids)} ids for vectors of shape {tuple(reps.shape)}")
-    payload = {"format": ENCODINGS_FORMAT, "version": FORMAT_VERSION, "reps": reps, "ids": ids}
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _torch_load(path, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, f"no such {what} file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # truncated zip, foreign pickle, garbage
-        reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
-        raise InputError(path, f"not a readable {what} file (truncated or wrong format: {reason[:200]})") from None
-    return payload
-
-
-def load_encodings(path) -> tuple[torch.Tensor, list[str]]:
-    """Load ``(reps [N, dim] float32, ids)`` written by :func:`save_encodings`."""
-    payload = _torch_load(path, "encodings")
-    if not isinstance(payload, dict) or payload.get("format") != ENCODINGS_FORMAT:
-        raise InputError(path, "not a tevatron encodings file")
-    reps, ids = payload.get("reps"), payload.get("ids")
-    if not torch.is_tensor(reps) or not _is_string_list(ids):
-        raise InputError(path, "corrupt encodings: 'reps' must be a tensor and 'ids' a list of strings")
-    if reps.ndim != 2 or reps.shape[0] != len(ids):
-        raise InputError(path, f"corrupt encodings: {len(ids)} ids for vectors of shape {tuple(reps.shape)}")
-    return reps, ids
-
-
-def _is_string_list(value) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-def is_complete_encodings(path) -> bool:
-    """True when ``path`` holds a finished, readable encodings file (for resumable loops)."""
-    try:
-        load_encodings(path)
-    except InputError:
-        return False
-    return True
-
-
-# --------------------------------------------------------------------------- rankings
-def save_shard_ranking(path, query_ids: Sequence[str], passage_ids: Sequence[str], scores, indices) -> None:
-    """Save one shard's search result: top-k ``scores``/``indices`` [Q, k] into ``passage_ids``."""
-    scores = torch.as_tensor(scores, dtype=torch.float32).contiguous()
-    indices = torch.as_tensor(indices, dtype=torch.int64).contiguous()
-    if scores.shape != indices.shape or scores.shape[0] != len(query_ids):
-        raise ValueError("scores, indices and query ids disagree in shape")
-    payload = {"format": RANKING_FORMAT, "version": FORMAT_VERSION, "query_ids": [str(q) for q in query_ids],
-               "passage_ids": [str(p) for p in passage_ids], "scores": scores, "indices": indices}
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_shard_ranking(path) -> dict:
-    payload = _torch_load(path, "ranking")
-    if not isinstance(payload, dict) or payload.get("format") != RANKING_FORMAT:
-        raise InputError(path, "not a tevatron shard ranking file")
-    if not (_is_string_list(payload.get("query_ids")) and _is_string_list(payload.get("passage_ids"))
-            and torch.is_tensor(payload.get("scores")) and torch.is_tensor(payload.get("indices"))):
-        raise InputError(path, "corrupt ranking: needs 'query_ids'/'passage_ids' string lists and "
-                               "'scores'/'indices' tensors")
-    return payload
 
 
 def write_ranking(path, ranking: Iterable[tuple[str, Sequence[tuple[str, float]]]]) -> None:
@@ -458,13 +267,8 @@ def iter_negatives(path) -> Iterator[tuple[int, str, list[str]]]:
         yield number, qid, [p for p in (x.strip() for x in pids.split(",")) if p]
 
 
-def write_negatives_iter(path, groups: Iterable[tuple[str, Sequence[str]]]) -> None:
-    """Streaming form of :func:`write_negatives`: ``(qid, pids)`` pairs are written as they arrive."""
-    write_tsv(path, ((qid, ",".join(pids)) for qid, pids in groups))
-
-
 def count_data_lines(path) -> int:
-    """Number of non-blank lines: the rows :func:`iter_collection` / :func:`iter_collection_rows` yield.
+    """Number of non-blank lines: the rows :func:`iter_collection` yields.
 
     Counted on raw bytes, so a corpus can be split into row ranges before anything is parsed.
     """
@@ -475,13 +279,14 @@ def count_data_lines(path) -> int:
         return sum(1 for raw in handle if raw.strip())
 
 
-def iter_collection_rows(path, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, str, str, str]]:
+def iter_collection(path, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, str, str, str]]:
     """Yield ``(line_number, pid, title, text)`` for rows ``[start, stop)`` (0-based, blank lines not
-    counted) of a collection in the formats :func:`iter_collection` reads, in constant memory.
+    counted; the whole file by default) of a ``pid\ttitle\ttext`` / ``pid\ttext`` TSV or BEIR JSON
+    lines (``_id`` or ``docid``, ``title``, ``text``) collection, in constant memory.
 
     Rows before ``start`` are skipped as raw bytes, so parallel workers can each read their own slice
-    of an 8.8M-passage corpus cheaply.  Duplicate ids are only detected within the slice (the whole
-    file is checked by :func:`iter_collection` when the corpus is normalised).
+    of an 8.8M-passage corpus cheaply.  Duplicate ids are detected within the rows read (the whole
+    file by default, as when the corpus is normalised).
     """
     path = Path(path)
     if not path.is_file():

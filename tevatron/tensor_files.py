@@ -1,0 +1,92 @@
+"""Binary outputs: encodings and shard rankings, as torch zip files of tensors and string lists
+(loadable with ``torch.load(weights_only=True)``; nothing here unpickles objects)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from tevatron.files import InputError, atomic_output
+
+ENCODINGS_FORMAT = "tevatron.encodings"
+RANKING_FORMAT = "tevatron.ranking"
+FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------- encodings
+def save_encodings(path, reps, ids: Sequence[str]) -> None:
+    """Save vectors and their string ids (torch zip format, loadable with ``weights_only=True``)."""
+    reps = torch.as_tensor(np.asarray(reps, dtype=np.float32) if not torch.is_tensor(reps) else reps)
+    reps = reps.detach().to("cpu", torch.float32).contiguous()
+    ids = [str(i) for i in ids]
+    if reps.ndim != 2 or reps.shape[0] != len(ids):
+        raise ValueError(f"{len(ids)} ids for vectors of shape {tuple(reps.shape)}")
+    payload = {"format": ENCODINGS_FORMAT, "version": FORMAT_VERSION, "reps": reps, "ids": ids}
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _torch_load(path, what: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"no such {what} file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated zip, foreign pickle, garbage
+        reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+        raise InputError(path, f"not a readable {what} file (truncated or wrong format: {reason[:200]})") from None
+    return payload
+
+
+def load_encodings(path) -> tuple[torch.Tensor, list[str]]:
+    """Load ``(reps [N, dim] float32, ids)`` written by :func:`save_encodings`."""
+    payload = _torch_load(path, "encodings")
+    if not isinstance(payload, dict) or payload.get("format") != ENCODINGS_FORMAT:
+        raise InputError(path, "not a tevatron encodings file")
+    reps, ids = payload.get("reps"), payload.get("ids")
+    if not torch.is_tensor(reps) or not _is_string_list(ids):
+        raise InputError(path, "corrupt encodings: 'reps' must be a tensor and 'ids' a list of strings")
+    if reps.ndim != 2 or reps.shape[0] != len(ids):
+        raise InputError(path, f"corrupt encodings: {len(ids)} ids for vectors of shape {tuple(reps.shape)}")
+    return reps, ids
+
+
+def _is_string_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def is_complete_encodings(path) -> bool:
+    """True when ``path`` holds a finished, readable encodings file (for resumable loops)."""
+    try:
+        load_encodings(path)
+    except InputError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- rankings
+def save_shard_ranking(path, query_ids: Sequence[str], passage_ids: Sequence[str], scores, indices) -> None:
+    """Save one shard's search result: top-k ``scores``/``indices`` [Q, k] into ``passage_ids``."""
+    scores = torch.as_tensor(scores, dtype=torch.float32).contiguous()
+    indices = torch.as_tensor(indices, dtype=torch.int64).contiguous()
+    if scores.shape != indices.shape or scores.shape[0] != len(query_ids):
+        raise ValueError("scores, indices and query ids disagree in shape")
+    payload = {"format": RANKING_FORMAT, "version": FORMAT_VERSION, "query_ids": [str(q) for q in query_ids],
+               "passage_ids": [str(p) for p in passage_ids], "scores": scores, "indices": indices}
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_shard_ranking(path) -> dict:
+    payload = _torch_load(path, "ranking")
+    if not isinstance(payload, dict) or payload.get("format") != RANKING_FORMAT:
+        raise InputError(path, "not a tevatron shard ranking file")
+    if not (_is_string_list(payload.get("query_ids")) and _is_string_list(payload.get("passage_ids"))
+            and torch.is_tensor(payload.get("scores")) and torch.is_tensor(payload.get("indices"))):
+        raise InputError(path, "corrupt ranking: needs 'query_ids'/'passage_ids' string lists and "
+                               "'scores'/'indices' tensors")
+    return payload
+
+
