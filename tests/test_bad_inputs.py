@@ -27,6 +27,8 @@ from helpers import REPO_ROOT, error_lines, run_module
 from tevatron.tensor_files import save_encodings, save_shard_ranking
 from tevatron.text_formats import write_qrels, write_tsv
 
+pytestmark = pytest.mark.slow  # every test runs a subprocess (torchrun or a command line)
+
 SCRIPTS = REPO_ROOT / "msmarco-passage-ranking"
 TOKENIZER = "bert-base-uncased"     # resolves offline to the packaged vocabulary
 

@@ -8,10 +8,11 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO_ROOT, toy_groups, write_jsonl
-from test_train import build_model, loss_and_grads, make_batch
+from helpers import REPO_ROOT, build_model, loss_and_grads, make_batch, toy_groups, write_jsonl
 from tevatron.gradcache import grad_cache_step
 from tevatron.tokenization import load_tokenizer
+
+pytestmark = pytest.mark.slow  # every test runs a subprocess (torchrun or a command line)
 
 WORLD = 2
 

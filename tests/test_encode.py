@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import error_lines, run_module, toy_corpus, write_jsonl
-from test_train import build_model
+from helpers import build_model, error_lines, run_module, toy_corpus, write_jsonl
 from tevatron.data import SequencePadder, shard_range
 from tevatron.driver.encode import encode_texts
 from tevatron.tensor_files import load_encodings, save_encodings
@@ -55,6 +54,7 @@ def _encode(model_dir, in_path, out_path, *extra):
                       out_path, "--p_max_len", 64, "--q_max_len", 16, *extra)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["tied", "untied", "pooler"])
 def test_driver_encodes_queries_and_passages_with_the_right_encoder(trained_dirs, tmp_path, variant):
     from tevatron.modeling import DenseModel
@@ -82,6 +82,7 @@ def test_driver_encodes_queries_and_passages_with_the_right_encoder(trained_dirs
         assert torch.allclose(p_reps.norm(dim=1), torch.ones(len(corpus)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_shard_processes_merge_to_the_single_process_result(trained_dirs, tmp_path):
     in_path = write_jsonl(tmp_path / "corpus.json", toy_corpus(25))
     whole = _encode(trained_dirs["tied"], in_path, tmp_path / "whole.pt")
@@ -105,6 +106,7 @@ def test_two_shard_processes_merge_to_the_single_process_result(trained_dirs, tm
     assert torch.allclose(torch.cat([parts[0][0], parts[1][0]]), reps, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_complete_output_is_kept_unless_overwrite(trained_dirs, tmp_path):
     in_path = write_jsonl(tmp_path / "corpus.json", toy_corpus(10))
     out = tmp_path / "p.pt"
@@ -121,6 +123,7 @@ def test_complete_output_is_kept_unless_overwrite(trained_dirs, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary files left"
 
 
+@pytest.mark.slow
 def test_encodings_load_without_pickle_and_bad_input_is_one_line(trained_dirs, tmp_path):
     reps = torch.randn(4, 3)
     save_encodings(tmp_path / "e.pt", reps, ["x", "y", "z", "w"])
@@ -134,6 +137,7 @@ def test_encodings_load_without_pickle_and_bad_input_is_one_line(trained_dirs, t
     assert not (tmp_path / "out.pt").exists()
 
 
+@pytest.mark.slow
 def test_max_len_beyond_the_models_positions_is_cut_with_a_warning(trained_dirs, tmp_path):
     """The tiny model has 160 positions: --p_max_len 400 must not crash inside the embedding layer."""
     long_texts = [{"text_id": f"d{i}", "text": list(range(1000, 1300 + i))} for i in range(3)]

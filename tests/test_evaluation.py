@@ -150,6 +150,7 @@ def small_files(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_eval_cli_end_to_end_with_json(small_files):
     result = run_cli(str(EVAL_SCRIPT), str(small_files / "qrels.tsv"), str(small_files / "rank.txt"),
                      "--json", str(small_files / "metrics.json"))
@@ -162,6 +163,7 @@ def test_eval_cli_end_to_end_with_json(small_files):
     assert metrics["MRR@10"] == pytest.approx(0.5) and metrics["QueriesInQrels"] == 3
 
 
+@pytest.mark.slow
 def test_score_to_marco_script_and_all_run_formats_agree(small_files):
     result = run_cli(str(MARCO_SCRIPT.relative_to(REPO_ROOT)), str(small_files / "rank.txt"), "--trec", "--tag", "dr")
     assert result.returncode == 0, result.stderr
@@ -181,6 +183,7 @@ def test_score_to_marco_orders_ties_like_the_evaluation(tmp_path):
     assert (tmp_path / "r.txt.marco").read_text().splitlines() == ["q\tc\t1", "q\ta\t2", "q\tb\t3"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target, content, message", [
     ("run", "1\tp1\t2.0\n1\tp2\n", "rank.txt:2: run line must have 3 columns, found 2"),
     ("run", "1\tp1\t2.0\n1\tp2\thigh\n", "rank.txt:2: score 'high' is not a number"),

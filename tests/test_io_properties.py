@@ -30,6 +30,7 @@ import string
 import tempfile
 import zipfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -119,18 +120,31 @@ def consume(result):
     return result
 
 
+def check_input_error(err: InputError, path: Path) -> None:
+    """An InputError's message is one line that starts with ``path`` (and ``path:line:`` when it has a line)."""
+    message = str(err)
+    assert message.startswith(f"{path}:") or message.startswith(f"{path} "), message
+    assert len(message.splitlines()) == 1, message                  # one line, whatever the ids hold
+    assert err.line is None or (isinstance(err.line, int) and err.line >= 1)
+    if err.line is not None:
+        assert message.startswith(f"{path}:{err.line}: "), message
+
+
 def parses_or_input_error(reader, path: Path):
     """The property: ``reader(path)`` parses, or raises an InputError that names ``path``."""
     try:
         return consume(reader(path))
     except InputError as err:
-        message = str(err)
-        assert message.startswith(f"{path}:") or message.startswith(f"{path} "), message
-        assert len(message.splitlines()) == 1, message                  # one line, whatever the ids hold
-        assert err.line is None or (isinstance(err.line, int) and err.line >= 1)
-        if err.line is not None:
-            assert message.startswith(f"{path}:{err.line}: "), message
+        check_input_error(err, path)
         return None
+
+
+def raises_input_error(reader, path: Path) -> InputError:
+    """``reader(path)`` must raise a well-formed InputError (parsing is a failure)."""
+    with pytest.raises(InputError) as caught:
+        consume(reader(path))
+    check_input_error(caught.value, path)
+    return caught.value
 
 
 TEXT_READERS = {
@@ -141,8 +155,6 @@ TEXT_READERS = {
     "iter_collection_tsv": (".tsv", text_formats.iter_collection),
     "iter_collection_jsonl": (".jsonl", text_formats.iter_collection),
     "read_collection_tsv": (".tsv", text_formats.read_collection),
-    "iter_collection_tsv": (".tsv", text_formats.iter_collection),
-    "iter_collection_jsonl": (".jsonl", text_formats.iter_collection),
     "iter_collection_slice": (".tsv", lambda p: text_formats.iter_collection(p, 1, 3)),
     "read_negatives": (".tsv", text_formats.read_negatives),
     "iter_negatives": (".tsv", text_formats.iter_negatives),
@@ -189,7 +201,7 @@ def test_random_text_lines(reader, data):
 
 
 @pytest.mark.parametrize("reader", ["iter_jsonl", "read_queries_jsonl", "iter_collection_jsonl",
-                                    "iter_collection_jsonl", "read_encode_records", "validate_train_record"])
+                                    "read_encode_records", "validate_train_record"])
 @SETTINGS
 @given(lines=st.lists(json_lines, min_size=1, max_size=6))
 def test_random_json_values(reader, lines):
@@ -214,38 +226,65 @@ def test_validate_train_record_random_dicts(record, vocab, need_negatives):
 
 
 # Inputs random generation rarely reaches: each crashed with another exception type before the fix.
+# Each case pins its outcome: the parsed value, or Rejected(line, message) for the InputError expected
+# (``line`` is the error's line number or None; ``message`` must appear in the error's text).
+@dataclass(frozen=True)
+class Rejected:
+    line: int | None
+    message: str
+
+
 EDGE_CASES = [
-    ("iter_jsonl", b"1" * 5000 + b"\n"),                        # int over 4300 digits: plain ValueError
-    ("iter_jsonl", b"[" * 100_000 + b"\n"),                     # RecursionError in the decoder
-    ("iter_collection_jsonl", b"1" * 5000 + b"\n"),
-    ("read_encode_records", b'{"text_id": 1, "text": [' + b"9" * 5000 + b"]}\n"),
-    ("read_qrels", b"q\t0\tp\tinf\n"),                          # int(float("inf")): OverflowError
-    ("read_qrels", b"q\t0\tp\tnan\n"),
-    ("read_qrels", b"q 0 p 1e999\n"),
-    ("read_qrels", b""),
-    ("read_run_trec", b"q Q0 p 1 nan run\nq Q0 p 2 1 run\n"),  # the same passage twice
-    ("read_queries_tsv", b"\xff\xfeq\tx\n"),
-    ("iter_collection_tsv", b"p\tx\n\xc3\n"),                   # truncated UTF-8 on line 2
-    ("read_queries_jsonl", b'{"_id": "a\\nb", "text": " "}\n'),   # id with a line break in the message
-    ("iter_collection_jsonl", b'{"_id": "a\\rb", "text": "x"}\n{"_id": "a\\rb", "text": "y"}\n'),
+    ("iter_jsonl", b"1" * 5000 + b"\n",                        # int over 4300 digits: plain ValueError
+     Rejected(1, "malformed JSON")),
+    ("iter_jsonl", b"[" * 100_000 + b"\n",                     # RecursionError in the decoder
+     Rejected(1, "malformed JSON (nested too deeply)")),
+    ("iter_collection_jsonl", b"1" * 5000 + b"\n", Rejected(1, "malformed JSON")),
+    ("read_encode_records", b'{"text_id": 1, "text": [' + b"9" * 5000 + b"]}\n", Rejected(1, "malformed JSON")),
+    ("read_qrels", b"q\t0\tp\tinf\n",                          # int(float("inf")): OverflowError
+     Rejected(1, "relevance 'inf' is not a number")),
+    ("read_qrels", b"q\t0\tp\tnan\n", Rejected(1, "relevance 'nan' is not a number")),
+    ("read_qrels", b"q 0 p 1e999\n", Rejected(1, "relevance '1e999' is not a number")),
+    ("read_qrels", b"", Rejected(None, "no relevance judgements found")),
+    ("read_run_trec", b"q Q0 p 1 nan run\nq Q0 p 2 1 run\n",  # the same passage twice
+     Rejected(2, "passage p listed twice for query q")),
+    ("read_queries_tsv", b"\xff\xfeq\tx\n", Rejected(1, "not valid UTF-8")),
+    ("iter_collection_tsv", b"p\tx\n\xc3\n",                   # truncated UTF-8 on line 2
+     Rejected(2, "not valid UTF-8")),
+    ("read_queries_jsonl", b'{"_id": "a\\nb", "text": " "}\n',   # id with a line break in the message
+     Rejected(1, "query a\\x0ab has empty text")),
+    ("iter_collection_jsonl", b'{"_id": "a\\rb", "text": "x"}\n{"_id": "a\\rb", "text": "y"}\n',
+     Rejected(2, "duplicate passage id a\\x0db")),
 ]
 
 
-@pytest.mark.parametrize("reader,data", EDGE_CASES,
-                         ids=[f"{reader}-{index}" for index, (reader, _) in enumerate(EDGE_CASES)])
-def test_edge_case_inputs(tmp_path, reader, data):
+@pytest.mark.parametrize("reader,data,expected", EDGE_CASES,
+                         ids=[f"{reader}-{index}" for index, (reader, _, _) in enumerate(EDGE_CASES)])
+def test_edge_case_inputs(tmp_path, reader, data, expected):
     suffix, function = TEXT_READERS[reader]
     path = tmp_path / f"input{suffix}"
     path.write_bytes(data)
-    parses_or_input_error(function, path)
+    if isinstance(expected, Rejected):
+        err = raises_input_error(function, path)
+        assert err.line == expected.line, str(err)
+        assert expected.message in str(err), str(err)
+    else:
+        assert consume(function(path)) == expected
 
 
-def test_missing_file_is_input_error(tmp_path):
-    for name in READER_NAMES:
-        suffix, function = TEXT_READERS[name]
-        parses_or_input_error(function, tmp_path / f"absent{suffix}")
-    for function in (tensor_files.load_encodings, tensor_files.load_shard_ranking):
-        parses_or_input_error(function, tmp_path / "absent.pt")
+@pytest.mark.parametrize("reader", READER_NAMES)
+def test_missing_file_is_input_error(tmp_path, reader):
+    suffix, function = TEXT_READERS[reader]
+    path = tmp_path / f"absent{suffix}"
+    err = raises_input_error(function, path)
+    assert err.line is None and "no such file" in str(err), str(err)
+
+
+@pytest.mark.parametrize("function", [tensor_files.load_encodings, tensor_files.load_shard_ranking], ids=lambda f: f.__name__)
+def test_missing_binary_file_is_input_error(tmp_path, function):
+    path = tmp_path / "absent.pt"
+    err = raises_input_error(function, path)
+    assert err.line is None and "no such" in str(err), str(err)
 
 
 # --------------------------------------------------------------------------- truncated text files
@@ -288,7 +327,7 @@ def test_truncated_collection_and_queries(texts, cut, suffix):
             text_formats.write_jsonl(path, [{"_id": f"id{i}", "text": text} for i, text in enumerate(texts)])
         data = path.read_bytes()
         path.write_bytes(data[: int(len(data) * cut)])
-        for reader in (text_formats.read_queries, text_formats.iter_collection, text_formats.iter_collection):
+        for reader in (text_formats.read_queries, text_formats.iter_collection):
             parses_or_input_error(reader, path)
 
 
@@ -333,7 +372,6 @@ def test_collection_tsv_round_trip(passages, start, length):
         text_formats.write_tsv(path, rows)
         assert [row[1:] for row in text_formats.iter_collection(path)] == expected
         assert text_formats.read_collection(path) == {pid: (title, text) for pid, title, text in expected}
-        assert [row[1:] for row in text_formats.iter_collection(path)] == expected
         assert [row[1:] for row in text_formats.iter_collection(path, start, start + length)] == \
             expected[start:start + length]
         assert text_formats.count_data_lines(path) == len(expected)
@@ -348,7 +386,6 @@ def test_collection_jsonl_round_trip(passages, key):
         path = folder / "corpus.jsonl"
         text_formats.write_jsonl(path, [{key: pid, "title": title, "text": text} for pid, (title, text) in passages.items()])
         expected = [(pid, title.strip(), text.strip()) for pid, (title, text) in passages.items()]
-        assert [row[1:] for row in text_formats.iter_collection(path)] == expected
         assert [row[1:] for row in text_formats.iter_collection(path)] == expected
 
 

@@ -371,6 +371,7 @@ def test_load_tokenizer_offline_fallback(monkeypatch, caplog):
 
 
 # --------------------------------------------------------------------------- command lines and get_data.sh
+@pytest.mark.slow
 def test_cli_script_error_exit(tmp_path):
     (tmp_path / "beir").mkdir()
     (tmp_path / "beir" / "corpus.jsonl").write_text('{"_id": "1", "text": "ok"}\n{"_id": "2", "text": \n')

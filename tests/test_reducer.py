@@ -100,6 +100,7 @@ def test_hidden_files_and_the_output_itself_are_skipped(tied_corpus, tmp_path):
     assert output.read_text(encoding="utf-8") == (tmp_path / "all.txt").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_shards_from_another_query_set_are_refused(tied_corpus, tmp_path):
     score_dir = tmp_path / "scores"
     search_each_shard(tied_corpus, score_dir, depth=5)

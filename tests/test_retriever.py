@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tevatron.faiss_retriever.retriever import (FaissFlatIPSearcher, TorchFlatIPSearcher, load_passage_shards,
-                                                main, merge_topk, order_by_score_then_position, search_passages)
+                                                main, search_passages)
+from tevatron.faiss_retriever.topk import merge_topk, order_by_score_then_position
 from tevatron.tensor_files import load_shard_ranking, save_encodings
 from tevatron.text_formats import read_run
 
@@ -202,6 +203,7 @@ def test_existing_output_is_kept_unless_overwrite(encoded, caplog):
     assert len(output.read_text().splitlines()) == 400
 
 
+@pytest.mark.slow
 def test_dimension_mismatch_is_one_line_error_naming_both_files(encoded):
     folder = encoded["dir"]
     save_encodings(folder / "wrong_dim.pt", np.ones((3, 31), dtype=np.float32), ["a", "b", "c"])

@@ -8,31 +8,14 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from helpers import error_lines, run_module, toy_groups, write_jsonl
+from helpers import (build_model, error_lines, loss_and_grads, make_batch, make_tiny_bert, run_module, toy_groups,
+                     write_jsonl)
 from tevatron.arguments import DataArguments, ModelArguments
-from tevatron.data import SequencePadder, TrainCollator, load_train_groups, sample_group
+from tevatron.data import load_train_groups, sample_group
 from tevatron.gradcache import grad_cache_step
 from tevatron.files import InputError
 from tevatron.modeling import DenseModel
 from tevatron.tokenization import load_tokenizer
-
-
-def build_model(path, **overrides) -> DenseModel:
-    args = ModelArguments(model_name_or_path=str(path), projection_in_dim=32, projection_out_dim=16, **overrides)
-    return DenseModel.build(args)
-
-
-def make_batch(tokenizer, groups, n_passages=4, epoch=0, fixed=False):
-    features = [sample_group(g, i, epoch, 42, n_passages) for i, g in enumerate(groups)]
-    collator = TrainCollator(SequencePadder(tokenizer), q_max_len=16, p_max_len=80, pad_to_max_length=fixed)
-    return collator(features)
-
-
-def loss_and_grads(model, batch):
-    model.zero_grad()
-    loss = model(**batch)["loss"]
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +82,6 @@ def test_grad_cache_equals_plain_step(tiny_bert_dir, tokenizer):
 @pytest.mark.parametrize("dropout_kind", ["torch", "fast"])
 def test_grad_cache_replays_dropout_masks(tmp_path, tokenizer, dropout_kind):
     """With dropout on, grad cache equals the plain step only if the re-forward replays the masks."""
-    from conftest import make_tiny_bert
     from transformers import BertConfig, BertModel
     from tevatron.cpu_kernels import use_fast_cpu_dropout
 
@@ -224,6 +206,7 @@ def test_bad_training_input_names_file_and_line(tmp_path, case):
     assert str(err.value).startswith(f"{path}:2: ") and message in str(err.value)
 
 
+@pytest.mark.slow
 def test_driver_bad_input_is_one_line(tmp_path, tiny_bert_dir):
     path = tmp_path / "train.jsonl"
     path.write_text('{"query": [1], "positives": [[2]], "negatives": [[3]]}\n{"query": [1], "negatives": [[3]]}\n')
@@ -245,6 +228,7 @@ def _train(tmp_path, model_dir, out, *extra):
                       "--dataloader_num_workers", 0, *extra)
 
 
+@pytest.mark.slow
 def test_max_len_beyond_the_models_positions_is_cut_with_a_warning(tmp_path, tiny_bert_dir):
     """The tiny model has 160 positions: --p_max_len 400 on 300-token passages must not crash in torch."""
     groups = [{"query": [1000 + i, 1001], "positives": [list(range(1000, 1300))],
@@ -258,6 +242,7 @@ def test_max_len_beyond_the_models_positions_is_cut_with_a_warning(tmp_path, tin
     assert "--p_max_len 400 is longer than the model's 160 positions; cutting texts at 160" in result.stderr
 
 
+@pytest.mark.slow
 def test_fp16_on_cpu_falls_back_with_a_message(tmp_path, tiny_bert_dir):
     result = _train(tmp_path, tiny_bert_dir, tmp_path / "out", "--fp16", "--max_steps", 2, "--save_steps", 100)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -267,6 +252,7 @@ def test_fp16_on_cpu_falls_back_with_a_message(tmp_path, tiny_bert_dir):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, tiny_bert_dir):
     """12 steps over 2 epochs straight, versus resuming the same schedule from its step-6 checkpoint in a
     fresh output directory (as after a run killed between step 6 and 12)."""

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bert_rewrites import CPU_ATTENTION_NAME, use_fused_qkv
+
 logger = logging.getLogger(__name__)
 
 
@@ -94,40 +96,6 @@ def onednn_is_faster(rows: int = 4096, width: int = 384, repeats: int = 4) -> bo
     return onednn * 1.15 < mkl
 
 
-def _fused_qkv_attention_forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):
-    """BERT self-attention with the query, key and value projections as one oneDNN product (one wide GEMM
-    instead of three narrow ones, forward and backward; the weights are concatenated on the fly, so the
-    parameters and saved files do not change)."""
-    if cache is not None or hidden_states.device.type != "cpu" or hidden_states.dtype != torch.float32 \
-            or torch.is_autocast_cpu_enabled():
-        return type(self).forward(self, hidden_states, attention_mask, cache=cache, **kwargs)
-    from tevatron.modeling import bert_attention_function
-
-    batch, length, _ = hidden_states.shape
-    weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-    bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-    qkv = _OneDnnLinearFunction.apply(hidden_states, weight, bias)
-    query, key, value = qkv.view(batch, length, 3, -1, self.attention_head_size).permute(2, 0, 3, 1, 4).unbind(0)
-    output, weights = bert_attention_function(self)(self, query, key, value, attention_mask,
-                                dropout=self.dropout.p if self.training else 0.0, scaling=self.scaling, **kwargs)
-    return output.reshape(batch, length, -1).contiguous(), weights
-
-
-def use_fused_qkv(model: nn.Module) -> int:
-    """Fuse the Q/K/V projections of every BERT self-attention (transformers 5) in ``model``."""
-    from tevatron.modeling import transformers_major_version
-
-    if transformers_major_version() < 5:
-        return 0
-    count = 0
-    for module in model.modules():
-        if type(module).__name__ == "BertSelfAttention" and not getattr(module, "is_decoder", False) \
-                and all(getattr(module, n).bias is not None for n in ("query", "key", "value")):
-            module.forward = types.MethodType(_fused_qkv_attention_forward, module)
-            count += 1
-    return count
-
-
 def use_onednn_linear(model: nn.Module, mode: str = "auto") -> bool:
     """Route ``model``'s linear layers through oneDNN on CPU (``mode``: auto, onednn, torch)."""
     if mode == "torch" or torch.cuda.is_available():
@@ -141,7 +109,7 @@ def use_onednn_linear(model: nn.Module, mode: str = "auto") -> bool:
         if type(module) is nn.Linear:
             module.forward = types.MethodType(_fast_linear_forward, module)
             count += 1
-    fused = use_fused_qkv(model)
+    fused = use_fused_qkv(model, _OneDnnLinearFunction.apply)
     logger.info("CPU: %d linear layers run on oneDNN (faster than MKL's fp32 GEMM on this CPU)%s", count,
                 f", query/key/value fused in {fused} attention layers" if fused else "")
     return count > 0
@@ -195,9 +163,6 @@ def cpu_training_attention(module, query, key, value, attention_mask, dropout: f
             scores = scores.add_(attention_mask)
     probs = fast_dropout(torch.softmax(scores, dim=-1), dropout)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
-
-
-CPU_ATTENTION_NAME = "tevatron_cpu_training"
 
 
 def use_fast_cpu_dropout(model: nn.Module) -> bool:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bert_rewrites import enable_cls_shortcut
 from .loss import contrastive_loss
 
 logger = logging.getLogger(__name__)
@@ -112,63 +113,6 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
         return hidden[:, 0]
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-
-
-# --------------------------------------------------------------------------- BERT layer rewrites
-CLS_SHORTCUT_ATTENTION = ("sdpa", "eager", "tevatron_cpu_training")
-
-
-def transformers_major_version() -> int:
-    """The layer rewrites here (and cpu_kernels.use_fused_qkv) follow transformers 5's BERT code."""
-    import transformers
-    return int(transformers.__version__.split(".")[0])
-
-
-def bert_attention_function(attention: nn.Module):
-    """The attention kernel a BERT self-attention module is configured with (sdpa, eager, ...)."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.bert.modeling_bert import eager_attention_forward
-    return ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
-
-
-def _cls_only_last_layer_forward(self, hidden_states, attention_mask=None, *args, **kwargs):
-    """A BERT layer that outputs only the first ([CLS]) position: keys and values still come from every
-    token, but the query projection, attention output, feed-forward block and layer norms run on one row.
-    CLS pooling reads nothing else from the last layer, so this saves ~80% of its work."""
-    attention = self.attention.self
-    batch, length, _ = hidden_states.shape
-    head_size = attention.attention_head_size
-    cls = hidden_states[:, :1]
-    query = attention.query(cls).view(batch, 1, -1, head_size).transpose(1, 2)
-    key = attention.key(hidden_states).view(batch, length, -1, head_size).transpose(1, 2)
-    value = attention.value(hidden_states).view(batch, length, -1, head_size).transpose(1, 2)
-    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
-        attention_mask = attention_mask[..., :1, :]
-    context, _ = bert_attention_function(attention)(attention, query, key, value, attention_mask,
-                           dropout=attention.dropout.p if attention.training else 0.0, scaling=attention.scaling)
-    attention_output = self.attention.output(context.reshape(batch, 1, -1).contiguous(), cls)
-    return self.feed_forward_chunk(attention_output)
-
-
-def enable_cls_shortcut(encoder: nn.Module) -> bool:
-    """Make a BERT-family encoder's last layer compute the [CLS] position only (see above).
-
-    Its ``last_hidden_state`` then has length 1; weights and saved files do not change.  Applied only
-    where the layer is a plain (non-decoder) BERT layer of transformers 5 with a known attention."""
-    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
-    if transformers_major_version() < 5 or not layers:
-        return False
-    last = layers[-1]
-    attention = getattr(getattr(last, "attention", None), "self", None)
-    config = getattr(encoder, "config", None)
-    if (attention is None or getattr(last, "is_decoder", True) or not hasattr(last, "feed_forward_chunk")
-            or not all(hasattr(attention, name) for name in ("query", "key", "value", "scaling", "dropout"))
-            or getattr(config, "_attn_implementation", None) not in CLS_SHORTCUT_ATTENTION):
-        return False
-    if "forward" not in vars(last):
-        import types
-        last.forward = types.MethodType(_cls_only_last_layer_forward, last)
-    return True
 
 
 def _load_encoder(name_or_path, model_args=None, **kwargs):

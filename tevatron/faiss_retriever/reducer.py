@@ -6,7 +6,7 @@ Each file in ``DIR`` (sorted by name, hidden temp files skipped) is a binary sha
 ``python -m tevatron.faiss_retriever`` for one passage shard.  The merge keeps a running
 ``[queries, k]`` score matrix and int64 global positions (shard offset + row in the shard), so memory
 is O(queries x depth) plus one compact byte array of passage ids per shard.  The merge is stable
-(:func:`tevatron.faiss_retriever.retriever.merge_topk`, the retriever's own block merge): earlier
+(:func:`tevatron.faiss_retriever.topk.merge_topk`, the retriever's own block merge): earlier
 shards come first on equal scores, which is the retriever's lower-position-first rule, so reducing
 per-shard results equals searching the concatenated shards at once.
 """
@@ -20,7 +20,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from tevatron.faiss_retriever.retriever import merge_topk
+from tevatron.faiss_retriever.topk import merge_topk, ranked_shard_rows
 from tevatron.cli import command
 from tevatron.files import InputError
 from tevatron.tensor_files import load_encodings, load_shard_ranking
@@ -68,30 +68,6 @@ def list_shard_files(score_dir, exclude: Sequence[Path] = ()) -> list[Path]:
 def compact_ids(ids: Sequence[str]) -> np.ndarray:
     """UTF-8 ids as one fixed-width numpy bytes array: a few bytes per id instead of a Python object."""
     return np.array([pid.encode("utf-8") for pid in ids], dtype=np.bytes_) if ids else np.array([], dtype="S1")
-
-
-def is_ranked(scores: torch.Tensor, indices: torch.Tensor) -> bool:
-    """True when every row is already score descending, ties by index ascending, with no padding."""
-    if scores.shape[1] < 2:
-        return bool((indices >= 0).all())
-    later, earlier = scores[:, 1:], scores[:, :-1]
-    in_order = (later < earlier) | ((later == earlier) & (indices[:, 1:] > indices[:, :-1]))
-    return bool(in_order.all()) and bool((indices >= 0).all())
-
-
-def ranked_shard_rows(scores: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ordered by score descending then index ascending; empty slots (index < 0) go last.
-
-    The retriever already writes this order, and then this is one cheap check; files from other
-    writers (FAISS pads with -1, some do not sort) are re-sorted so the merge stays correct.
-    """
-    if is_ranked(scores, indices):
-        return scores, indices
-    scores = torch.where(indices < 0, torch.full_like(scores, float("-inf")), scores)
-    indices, by_index = indices.sort(dim=1)
-    scores = scores.gather(1, by_index)
-    scores, by_score = scores.sort(dim=1, descending=True, stable=True)
-    return scores, indices.gather(1, by_score)
 
 
 def check_shard(path, payload: dict, query_ids: list[str], query_file) -> None:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from tevatron.cpu_kernels import onednn_matmul_bt
 from tevatron.cli import command
+from tevatron.faiss_retriever.topk import candidates_above, exact_topk, merge_topk, order_by_score_then_position
 from tevatron.files import InputError
 from tevatron.tensor_files import load_encodings, save_shard_ranking
 from tevatron.text_formats import write_ranking
@@ -115,88 +116,6 @@ def load_queries(path, passages: PassageShards) -> tuple[torch.Tensor, list[str]
         raise InputError(path, f"query vectors have dimension {query_reps.shape[1]}, but passage vectors in "
                                f"{passages.paths[0]} have dimension {passages.dim}")
     return query_reps, query_ids
-
-
-# --------------------------------------------------------------------------- exact top-k helpers
-def order_by_score_then_position(scores: torch.Tensor, positions: torch.Tensor
-                                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort each row by score descending, ties by position ascending (two small [q, k] sorts)."""
-    positions, by_position = positions.sort(dim=1)
-    scores = scores.gather(1, by_position)
-    scores, by_score = scores.sort(dim=1, descending=True, stable=True)
-    return scores, positions.gather(1, by_score)
-
-
-def exact_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` columns per row under the ranking rule, exact even when ties straddle the k-th place.
-
-    ``torch.topk`` picks arbitrarily among tied values, so we ask for ``k + 1``: a row whose k-th and
-    (k+1)-th values differ has exactly k candidates; the rare rows where they are equal are redone
-    from the full score row, taking the lowest columns among the tied values.
-    """
-    columns = scores.shape[1]
-    if columns <= k:
-        values, order = scores.sort(dim=1, descending=True, stable=True)
-        return values, order
-    values, order = torch.topk(scores, k + 1, dim=1)
-    tied_rows = (values[:, k - 1] == values[:, k]).nonzero().flatten().tolist()
-    values, order = values[:, :k].contiguous(), order[:, :k].contiguous()
-    for row in tied_rows:
-        kth = values[row, k - 1]
-        above = (scores[row] > kth).nonzero().flatten()
-        tied = (scores[row] == kth).nonzero().flatten()[: k - above.numel()]
-        order[row] = torch.cat([above, tied])
-        values[row] = scores[row, order[row]]
-    return order_by_score_then_position(values, order)
-
-
-def merge_topk(scores_a, positions_a, scores_b, positions_b, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge two ranked lists per row where every position in ``a`` precedes every one in ``b``.
-
-    Both inputs are ranked (score descending, ties by position), so each entry's place in the merged
-    row is its own rank plus the number of entries of the other list that beat it: a binary search
-    instead of a sort.  On equal scores ``a`` entries count as better, which is exactly the
-    lower-position-first rule.
-    """
-    width_a, width_b = scores_a.shape[1], scores_b.shape[1]
-    keep = min(k, width_a + width_b)
-    if width_a == 0 or width_b == 0:
-        scores, positions = (scores_b, positions_b) if width_a == 0 else (scores_a, positions_a)
-        return scores[:, :keep].contiguous(), positions[:, :keep].contiguous()
-    ascending_a, ascending_b = scores_a.neg().contiguous(), scores_b.neg().contiguous()
-    slots_a = torch.searchsorted(ascending_b, ascending_a, right=False) + torch.arange(width_a)
-    slots_b = torch.searchsorted(ascending_a, ascending_b, right=True) + torch.arange(width_b)
-    rows = scores_a.shape[0]
-    scores = scores_a.new_empty((rows, width_a + width_b))
-    positions = torch.empty((rows, width_a + width_b), dtype=torch.int64)
-    scores.scatter_(1, slots_a, scores_a).scatter_(1, slots_b, scores_b)
-    positions.scatter_(1, slots_a, positions_a).scatter_(1, slots_b, positions_b)
-    return scores[:, :keep].contiguous(), positions[:, :keep].contiguous()
-
-
-def candidates_above(scores: torch.Tensor, threshold: torch.Tensor, mask: torch.Tensor, max_per_row: int
-                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Entries strictly above each row's threshold, ranked into ``[q, m]`` (padding last: -inf, -1).
-
-    Equal scores are excluded because a later block loses ties.  Returns None when some row has more
-    than ``max_per_row`` candidates (then a plain top-k over the block is cheaper).
-    """
-    torch.gt(scores, threshold, out=mask)
-    rows, columns = mask.nonzero(as_tuple=True)
-    if rows.numel() == 0:
-        return scores.new_empty((scores.shape[0], 0)), rows.new_empty((scores.shape[0], 0))
-    per_row = torch.bincount(rows, minlength=scores.shape[0])
-    widest = int(per_row.max())
-    if widest > max_per_row:
-        return None
-    row_start = torch.cumsum(per_row, 0) - per_row
-    slot = torch.arange(rows.numel()) - row_start[rows]
-    packed_scores = scores.new_full((scores.shape[0], widest), float("-inf"))
-    packed_columns = torch.full((scores.shape[0], widest), -1, dtype=torch.int64)
-    packed_scores[rows, slot] = scores[rows, columns]
-    packed_columns[rows, slot] = columns
-    packed_scores, by_score = packed_scores.sort(dim=1, descending=True, stable=True)  # columns already ascend
-    return packed_scores, packed_columns.gather(1, by_score)
 
 
 # --------------------------------------------------------------------------- backends
