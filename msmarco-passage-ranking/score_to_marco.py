@@ -4,7 +4,9 @@
     python msmarco-passage-ranking/score_to_marco.py ranking/rank.txt [--trec] [--tag NAME]
 
 Ranks follow the evaluation order (score descending, ties by passage id), so evaluating FILE and
-FILE.marco gives the same numbers.  The logic lives in :func:`tevatron.evaluation.convert_ranking`.
+FILE.marco gives the same numbers.  Nothing is written unless the whole ranking reads cleanly: NaN or
+infinite scores, an MS MARCO run given instead of scores, and (with ``--trec``) ids holding whitespace
+are refused with one ``error: FILE:LINE`` line.  The logic lives in :func:`tevatron.evaluation.convert_ranking`.
 """
 import argparse
 

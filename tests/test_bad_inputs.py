@@ -118,6 +118,32 @@ def bytes_queries(folder: Path) -> None:
     (folder / "queries.tsv").write_bytes(b"q1\tfirst question\nq2\tcaf\xe9 au lait\n")
 
 
+# --------------------------------------------------------------------------- runs: format, finiteness, overlap, BOM
+EVAL_COMMAND = ("-m", "tevatron.evaluation", "qrels.tsv", "run.tsv", "--json", "metrics.json")
+
+
+def run_files(folder: Path, *run_lines: str, run_name: str = "run.tsv", bom: bool = False) -> None:
+    """qrels q1 -> p1, q2 -> p3, and a run of ``run_lines`` (with ``bom``: a UTF-8 BOM and CRLF line ends
+    in both files, whose first lines are different queries)."""
+    qrels = ["q1\t0\tp1\t1", "q2\t0\tp3\t1"]
+    for name, lines in (("qrels.tsv", qrels), (run_name, list(run_lines))):
+        data = "".join(line + ("\r\n" if bom else "\n") for line in lines).encode("utf-8")
+        (folder / name).write_bytes((b"\xef\xbb\xbf" if bom else b"") + data)
+
+
+def check_metrics(mrr: float, run_format: str, recall: bool = False) -> Callable[[Path], None]:
+    def check(folder: Path) -> None:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["MRR@10"] == pytest.approx(mrr) and metrics["RunFormat"] == run_format, metrics
+        assert any(key.startswith("Recall@") for key in metrics) == recall, metrics
+    return check
+
+
+def check_first_query_id(folder: Path) -> None:
+    first = json.loads((folder / "query" / "train.query.json").read_text().splitlines()[0])
+    assert first["text_id"] == "q1"
+
+
 # --------------------------------------------------------------------------- the table
 @dataclass
 class Case:
@@ -229,6 +255,74 @@ CASES = {
          "--save_ranking_to", "rank.tsv"),
         error="shards/shard0.pt: ranking from a different query set than q.pt (2 vs 2 queries, or different "
               "ids/order)", outputs=("rank.tsv",)),
+    "run-ranks-not-named-marco": Case(
+        "MS MARCO run (qid pid rank) not named *.marco",
+        lambda f: run_files(f, "q1\tp9\t1", "q1\tp1\t2", "q2\tp3\t1"), EVAL_COMMAND, status=0,
+        check=check_metrics((1 / 2 + 1) / 2, "rank")),
+    "run-scores-named-marco": Case(
+        "score ranking named *.marco",
+        lambda f: run_files(f, "q1\tp9\t0.5", "q1\tp1\t2.5", "q2\tp3\t1.5", run_name="run.marco"),
+        ("-m", "tevatron.evaluation", "qrels.tsv", "run.marco", "--json", "metrics.json"), status=0,
+        check=check_metrics(1.0, "score")),
+    "run-ambiguous-integers": Case(
+        "3-column run of integers that are not ranks 1, 2, 3... per query (here ranks starting at 5)",
+        lambda f: run_files(f, "q1\tp9\t5", "q1\tp1\t6", "q2\tp3\t5"), EVAL_COMMAND,
+        error="run.tsv:1: ambiguous run: the third column holds only integers, but not ranks 1, 2, 3... per query "
+              "(query q1's value number 1 is 5); pass --run_format rank or --run_format score",
+        outputs=("metrics.json",)),
+    "run-ranks-given": Case(
+        "the same run with --run_format rank: ranks count as given, as in the official script",
+        lambda f: run_files(f, "q1\tp9\t5", "q1\tp1\t6", "q2\tp3\t5"), EVAL_COMMAND + ("--run_format", "rank"),
+        status=0, check=check_metrics((1 / 6 + 1 / 5) / 2, "rank")),
+    "run-nan-score": Case(
+        "NaN score in a run file", lambda f: eval_inputs(f, "q1\tp2\tnan"), EVAL_COMMAND,
+        error="run.tsv:2: score 'nan' is not a finite number", outputs=("metrics.json",)),
+    "ranking-inf-score": Case(
+        "infinite score in a ranking converted to .marco/.trec",
+        lambda f: write_lines(f / "rank.tsv", "q1\tp1\t2.5", "q1\tp2\t1.5", "q2\tp1\tinf"),
+        ("score_to_marco.py", "rank.tsv", "--trec"),
+        error="rank.tsv:3: score 'inf' is not a finite number", outputs=("rank.tsv.marco", "rank.tsv.trec")),
+    "qrels-nan-relevance": Case(
+        "NaN relevance in qrels",
+        lambda f: (run_files(f, "q1\tp1\t2.5"), write_lines(f / "qrels.tsv", "q1\t0\tp1\t1", "q2\t0\tp3\tnan")),
+        EVAL_COMMAND, error="qrels.tsv:2: relevance 'nan' is not a finite number", outputs=("metrics.json",)),
+    "run-empty": Case(
+        "empty run file", lambda f: run_files(f), EVAL_COMMAND,
+        error="run.tsv: empty run: it ranks no query (2 queries in qrels.tsv)", outputs=("metrics.json",)),
+    "run-no-overlap": Case(
+        "run sharing no query with the qrels", lambda f: run_files(f, "q7\tp1\t2.5", "q8\tp3\t1.5"), EVAL_COMMAND,
+        error="run.tsv: none of the run's 2 queries is in qrels.tsv (2 queries); wrong qrels or wrong query set?",
+        outputs=("metrics.json",)),
+    "run-partial": Case(
+        "run ranking only some of the qrels queries", lambda f: run_files(f, "q1\tp1\t2.5", "q1\tp2\t1.5"),
+        EVAL_COMMAND, status=0,
+        warnings=("run.tsv ranks 1 of the 2 queries in qrels.tsv; the other 1 count as 0 in every average",),
+        check=check_metrics(0.5, "score")),
+    "run-shallow-recall": Case(
+        "Recall@50/100/1000 asked of a run 2 deep", lambda f: run_files(f, "q1\tp1\t2.5", "q2\tp3\t1.5", "q2\tp1\t0.5"),
+        EVAL_COMMAND, status=0,
+        warnings=("run.tsv ranks passages only down to rank 2; leaving out Recall@50, Recall@100, Recall@1000 "
+                  "(deeper than the run)",),
+        check=check_metrics(1.0, "score", recall=False)),
+    "bom-qrels-and-run": Case(
+        "UTF-8 byte-order mark (and CRLF line ends) at the start of the qrels and the run",
+        lambda f: run_files(f, "q2\tp3\t2.5", "q1\tp1\t1.5", bom=True), EVAL_COMMAND, status=0,
+        check=check_metrics(1.0, "score")),
+    "bom-queries": Case(
+        "UTF-8 byte-order mark at the start of a queries file",
+        lambda f: (f / "queries.tsv").write_bytes(b"\xef\xbb\xbfq1\tfirst question\nq2\tsecond\n"),
+        ("tokenize_queries.py", "--tokenizer_name", TOKENIZER, "--query_file", "queries.tsv", "--save_to",
+         "query/train.query.json"), status=0, check=check_first_query_id, needs=("tokenizer",)),
+    "ranking-trec-whitespace-id": Case(
+        "query id with a space in a ranking converted with --trec",
+        lambda f: write_lines(f / "rank.tsv", "q1\tp1\t2.5", "q 2\tp1\t1.5"), ("score_to_marco.py", "rank.tsv", "--trec"),
+        error="rank.tsv:2: query id 'q 2' contains whitespace, which a TREC run cannot hold",
+        outputs=("rank.tsv.marco", "rank.tsv.trec")),
+    "ranking-is-marco-run": Case(
+        "MS MARCO run (ranks) given to score_to_marco instead of a score ranking",
+        lambda f: write_lines(f / "run.marco", "q1\tp1\t1", "q1\tp2\t2", "q2\tp1\t1"), ("score_to_marco.py", "run.marco"),
+        error="run.marco: holds MS MARCO ranks (1, 2, 3... per query), not scores; give the qid<TAB>pid<TAB>score "
+              "ranking", outputs=("run.marco.marco",)),
 }
 
 

@@ -16,10 +16,14 @@ What the strategies generate, and why:
   the only ids a TSV file can carry; :func:`tevatron.preprocess.common.check_id` refuses the others when
   data is normalised.  Whitespace-separated formats (TREC runs) also exclude inner whitespace; negatives
   lists exclude commas (the list separator).  Lone surrogates are excluded everywhere: they cannot be
-  written as UTF-8, so no file holds them.  Binary formats (encodings) take any string.
-* Scores are float32 values (as the retriever produces); ``write_ranking`` writes 9 significant digits,
-  which round-trips float32 exactly.  TREC runs are written with ``str(float)``, exact for doubles.
+  written as UTF-8, so no file holds them.  Nor does an id start with U+FEFF: at the start of a file that
+  is a byte-order mark, which every reader drops (the writers refuse such ids).  Binary formats
+  (encodings) take any string.
+* Scores are finite float32 values (as the retriever produces; NaN and infinity are refused by readers
+  and writers alike); ``write_ranking`` writes 9 significant digits, which round-trips float32 exactly.
+  TREC runs are written with ``str(float)``, exact for doubles.
 * Relevance values are ints of magnitude below 2**31 (``read_qrels`` parses through ``float``).
+* A UTF-8 byte-order mark before any file changes nothing: the reader gives what it gives without it.
 """
 from __future__ import annotations
 
@@ -62,15 +66,15 @@ LINE_SAFE = st.characters(blacklist_categories=("Cs",), blacklist_characters="\t
 
 
 def _edge_clean(text: str) -> bool:
-    return text == text.strip()
+    return text == text.strip() and not text.startswith("\ufeff")
 
 
 ids = st.text(LINE_SAFE, min_size=1, max_size=12).filter(lambda s: s.strip() and _edge_clean(s))
 words = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12).filter(
-    lambda s: not any(ch.isspace() for ch in s))                     # no whitespace at all (TREC runs)
+    lambda s: not any(ch.isspace() for ch in s) and _edge_clean(s))  # no whitespace at all (TREC runs)
 list_ids = ids.filter(lambda s: "," not in s)                        # negatives lists are comma-separated
 field_text = st.text(LINE_SAFE, max_size=30)                         # one TSV field
-float32s = st.floats(width=32, allow_nan=False).map(float)
+float32s = st.floats(width=32, allow_nan=False, allow_infinity=False).map(float)
 relevances = st.integers(min_value=-(2 ** 31) + 1, max_value=2 ** 31 - 1)
 
 
@@ -160,7 +164,7 @@ TEXT_READERS = {
     "iter_negatives": (".tsv", text_formats.iter_negatives),
     "read_run_auto": (".tsv", text_formats.read_run),
     "read_run_score": (".tsv", lambda p: text_formats.read_run(p, "score")),
-    "read_run_marco": (".marco", text_formats.read_run),
+    "read_run_marco": (".marco", lambda p: text_formats.read_run(p, "rank")),
     "read_run_trec": (".trec", lambda p: text_formats.read_run(p, "trec")),
     "iter_ranking_groups": (".tsv", text_formats.iter_ranking_groups),
     "iter_jsonl": (".jsonl", text_formats.iter_jsonl),
@@ -285,6 +289,119 @@ def test_missing_binary_file_is_input_error(tmp_path, function):
     path = tmp_path / "absent.pt"
     err = raises_input_error(function, path)
     assert err.line is None and "no such" in str(err), str(err)
+
+
+# --------------------------------------------------------------------------- byte-order marks, NaN and infinity
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def outcome(reader: str, data: bytes, folder: Path):
+    """What reading ``data`` gives: ``("ok", value)`` or ``("error", message)``, at the same path each time."""
+    suffix, function = TEXT_READERS[reader]
+    path = folder / f"input{suffix}"
+    path.write_bytes(data)
+    try:
+        return "ok", consume(function(path))
+    except InputError as err:
+        parses_or_input_error(function, path)          # the one-line shape, checked once more
+        return "error", str(err)
+
+
+@pytest.mark.parametrize("reader", READER_NAMES)
+@SETTINGS
+@given(data=text_files)
+def test_byte_order_mark_changes_nothing(reader, data):
+    """Random lines (``nan``, ``inf``, ``\\ufeff`` fields included) read the same with a BOM in front:
+    the same parse or the same one-line InputError, never a BOM glued to the first id."""
+    if data.startswith(UTF8_BOM):      # a second BOM after the first is data, not a mark
+        data = data[len(UTF8_BOM):]
+    with scratch() as folder:
+        assert outcome(reader, UTF8_BOM + data, folder) == outcome(reader, data, folder)
+
+
+VALID_SAMPLES = {  # reader: a small valid file, LF line endings, first line holding an id
+    "read_qrels": b"q1\t0\tp1\t1\nq2\t0\tp2\t2\n",
+    "read_queries_tsv": b"q1\tfirst\nq2\tsecond\n",
+    "read_queries_jsonl": b'{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "second"}\n',
+    "iter_collection_tsv": b"p1\tT\tone\np2\ttwo\np3\tthree\n",
+    "iter_collection_jsonl": b'{"_id": "p1", "text": "one"}\n{"_id": "p2", "text": "two"}\n',
+    "read_collection_tsv": b"p1\tT\tone\np2\ttwo\n",
+    "iter_collection_slice": b"p1\tone\np2\ttwo\np3\tthree\np4\tfour\n",
+    "read_negatives": b"q1\tp1,p2\nq2\tp3\n",
+    "iter_negatives": b"q1\tp1,p2\nq2\tp3\n",
+    "read_run_auto": b"q1\tp1\t1\nq1\tp2\t2\nq2\tp1\t1\n",
+    "read_run_score": b"q1\tp1\t2.5\nq1\tp2\t1.5\n",
+    "read_run_marco": b"q1\tp1\t1\nq1\tp2\t2\n",
+    "read_run_trec": b"q1 Q0 p1 1 2.5 t\nq1 Q0 p2 2 1.5 t\n",
+    "iter_ranking_groups": b"q1\tp1\t2.5\nq1\tp2\t1.5\nq2\tp1\t0.5\n",
+    "iter_jsonl": b'{"a": 1}\n{"b": 2}\n',
+    "iter_tsv": b"q1\tx\nq2\ty\tz\n",
+    "read_encode_records": b'{"text_id": "p1", "text": [1, 2]}\n{"text_id": "p2", "text": [3]}\n',
+    "validate_train_record": b'{"query": [1], "positives": [[2]], "negatives": [[3]]}\n',
+    "count_data_lines": b"p1\tone\n\np2\ttwo\n",
+}
+
+
+def test_every_reader_has_a_byte_order_mark_sample():
+    assert sorted(VALID_SAMPLES) == READER_NAMES
+
+
+@pytest.mark.parametrize("reader", sorted(VALID_SAMPLES))
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"])
+def test_byte_order_mark_with_each_reader(tmp_path, reader, line_end):
+    """A BOM (with LF or CRLF lines) is dropped by every reader: the same result as the plain file, and
+    no U+FEFF anywhere in it (before the fix it became part of the first id: ``\\ufeffq1``)."""
+    plain = outcome(reader, VALID_SAMPLES[reader], tmp_path)
+    assert plain[0] == "ok", plain
+    marked = outcome(reader, UTF8_BOM + VALID_SAMPLES[reader].replace(b"\n", line_end), tmp_path)
+    assert marked == plain and "\ufeff" not in repr(marked)
+
+
+@pytest.mark.parametrize("header", [b"query-id\tcorpus-id\tscore\n", b""])
+def test_byte_order_mark_before_a_beir_qrels_header(tmp_path, header):
+    """The header is recognised behind a BOM (and not read as a judgement with relevance 'score')."""
+    (tmp_path / "qrels.tsv").write_bytes(UTF8_BOM + header + b"q1\tp1\t1\n")
+    assert text_formats.read_qrels(tmp_path / "qrels.tsv") == {"q1": {"p1": 1}}
+
+
+NON_FINITE = st.sampled_from(["nan", "NaN", "-nan", "inf", "-inf", "Infinity", "+inf", "1e999", "-1e400"])
+
+
+@SETTINGS
+@given(ranking=rankings(qids=words, pids=words).filter(lambda r: any(hits for _, hits in r)),
+       kind=st.sampled_from(["ranking", "groups", "trec"]), which=st.integers(0, 10 ** 6), bad=NON_FINITE)
+def test_non_finite_score_is_refused_naming_its_line(ranking, kind, which, bad):
+    """One score of a valid ranking replaced by NaN or an infinity: an InputError naming that line."""
+    with scratch() as folder:
+        path, reader = _write_valid(kind, folder, ranking)
+        lines = path.read_text(encoding="utf-8").split("\n")[:-1]     # ids may hold other line breaks
+        number = which % len(lines) + 1
+        separator = " " if kind == "trec" else "\t"
+        fields = lines[number - 1].split(separator)
+        fields[4 if kind == "trec" else 2] = bad
+        lines[number - 1] = separator.join(fields)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        readers = [reader] + ([lambda p: text_formats.read_run(p, "score")] if kind == "ranking" else [])
+        for read in readers:
+            with pytest.raises(InputError) as caught:
+                consume(read(path))
+            assert str(caught.value) == f"{path}:{number}: score {bad!r} is not a finite number"
+
+
+@SETTINGS
+@given(qrels=unique_dict(ids, unique_dict(ids, relevances, min_size=1, max_size=4), min_size=1, max_size=5),
+       which=st.integers(0, 10 ** 6), bad=NON_FINITE)
+def test_non_finite_relevance_is_refused_naming_its_line(qrels, which, bad):
+    with scratch() as folder:
+        path = folder / "qrels.tsv"
+        text_formats.write_qrels(path, qrels)
+        lines = path.read_text(encoding="utf-8").split("\n")[:-1]     # ids may hold other line breaks
+        number = which % len(lines) + 1
+        lines[number - 1] = lines[number - 1].rsplit("\t", 1)[0] + "\t" + bad
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        with pytest.raises(InputError) as caught:
+            text_formats.read_qrels(path)
+        assert str(caught.value) == f"{path}:{number}: relevance {bad!r} is not a finite number"
 
 
 # --------------------------------------------------------------------------- truncated text files
@@ -437,7 +554,7 @@ def test_marco_run_round_trip(ranking):
 
 
 @SETTINGS
-@given(ranking=rankings(qids=words, pids=words, scores=st.floats(allow_nan=False)))
+@given(ranking=rankings(qids=words, pids=words, scores=st.floats(allow_nan=False, allow_infinity=False)))
 def test_trec_run_round_trip(ranking):
     """TREC runs are space-separated, so ids here contain no whitespace; scores are exact doubles."""
     with scratch() as folder:

@@ -4,24 +4,55 @@ JSON lines.  Ids are strings everywhere.  Reading a text file never imports torc
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from tevatron.files import InputError, atomic_text_writer
 
 # --------------------------------------------------------------------------- text readers
-def iter_lines(path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` without the newline; non-UTF-8 bytes become an InputError."""
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def iter_raw_lines(path) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(line_number, raw bytes)`` of a text file, with a UTF-8 byte-order mark at its start removed.
+
+    The one place every text reader opens a file: editors on Windows save a BOM, which would otherwise
+    become part of the first id (``\ufeffq1`` is not ``q1``) and silently drop that query or passage.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such file")
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise InputError(path, f"not valid UTF-8 ({err.reason} at byte {err.start})", number) from None
-            yield number, line.rstrip("\r\n")
+            yield number, (raw[len(UTF8_BOM):] if number == 1 and raw.startswith(UTF8_BOM) else raw)
+
+
+def decode_line(path, number: int, raw: bytes) -> str:
+    """One raw line as text without its line ending (LF or CRLF); non-UTF-8 bytes become an InputError."""
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"not valid UTF-8 ({err.reason} at byte {err.start})", number) from None
+
+
+def iter_lines(path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` without the newline (and without a leading byte-order mark)."""
+    for number, raw in iter_raw_lines(path):
+        yield number, decode_line(path, number, raw)
+
+
+def parse_finite(path, number: int, text: str, what: str) -> float:
+    """``float(text)``, with a non-number or NaN/infinity (``nan``, ``inf``, ``1e999``) as an InputError:
+    a NaN score sorts anywhere and would silently reorder a ranking."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(path, f"{what} {text.strip()!r} is not a number", number) from None
+    if not math.isfinite(value):
+        raise InputError(path, f"{what} {text.strip()!r} is not a finite number", number)
+    return value
 
 
 def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
@@ -99,10 +130,10 @@ def read_qrels(path) -> dict[str, dict[str, int]]:
             qid, pid, rel = fields
         else:
             raise InputError(path, f"qrels line must have 3 (BEIR) or 4 (TREC) columns, found {len(fields)}", number)
-        try:
-            relevance = int(float(rel))
-        except (ValueError, OverflowError):  # OverflowError: "inf"
-            raise InputError(path, f"relevance {rel.strip()!r} is not a number", number) from None
+        relevance = parse_finite(path, number, rel, "relevance")
+        if not relevance.is_integer():  # int() would silently turn 0.5 into "not relevant"
+            raise InputError(path, f"relevance {rel.strip()!r} is not an integer", number)
+        relevance = int(relevance)
         qid, pid = qid.strip(), pid.strip()
         if not qid or not pid:
             raise InputError(path, "empty query or passage id", number)
@@ -129,8 +160,9 @@ def write_qrels(path, qrels: dict[str, dict[str, int]]) -> None:
     """Write TREC-style qrels (``qid 0 pid rel``, tab-separated, as MS MARCO ships them)."""
     with atomic_text_writer(path) as out:
         for qid, judged in qrels.items():
+            qid = checked_id(path, qid, "query id")
             for pid, rel in judged.items():
-                out.write(f"{qid}\t0\t{pid}\t{rel}\n")
+                out.write(f"{qid}\t0\t{checked_id(path, pid, 'passage id')}\t{rel}\n")
 
 
 # --------------------------------------------------------------------------- queries and collections
@@ -180,71 +212,193 @@ def write_negatives(path, groups) -> None:
     """Write ``qid\tpid,pid,...`` lines from a ``{qid: pids}`` mapping or an iterable of ``(qid, pids)``
     pairs (streamed: pairs are written as they arrive)."""
     pairs = groups.items() if hasattr(groups, "items") else groups
-    write_tsv(path, ((qid, ",".join(pids)) for qid, pids in pairs))
+    write_tsv(path, ((checked_id(path, qid, "query id"), ",".join(_list_id(path, pid) for pid in pids))
+                     for qid, pids in pairs))
 
+
+def _list_id(path, pid) -> str:
+    pid = checked_id(path, pid, "passage id")
+    if "," in pid:
+        raise InputError(path, f"cannot write passage id {pid!r}: it contains a comma, which separates the list")
+    return pid
+
+
+
+# --------------------------------------------------------------------------- runs and rankings
+RUN_FORMATS = ("auto", "score", "rank", "trec")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def checked_id(path, value, what: str, whitespace: bool = True) -> str:
+    """``value`` as it may be written into a line-oriented run file, or an InputError naming ``path``.
+
+    A file is never written that its reader would read differently: tabs and line breaks split
+    fields and lines, readers strip edge whitespace and a leading byte-order mark, and TREC runs
+    (``whitespace=False``) split on any whitespace."""
+    text = str(value)
+    if not text or any(ch in text for ch in "\t\r\n"):
+        problem = "is empty" if not text else "contains a tab or line break"
+    elif text != text.strip() or text.startswith("\ufeff"):
+        problem = "starts or ends with whitespace or a byte-order mark"
+    elif not whitespace and any(ch.isspace() for ch in text):
+        problem = "contains whitespace, which separates the columns of a TREC run"
+    else:
+        return text
+    raise InputError(path, f"cannot write {what} {text!r}: it {problem}, so the file could not be read back")
+
+
+def score_text(path, score) -> str:
+    """A score as written in a ranking: 9 significant digits for floats (enough to round-trip float32,
+    so no ties appear in the text that the vectors did not have), and always with a decimal point or
+    exponent, so the file is never mistaken for MS MARCO ranks (see :func:`read_run`)."""
+    if not math.isfinite(float(score)):
+        raise InputError(path, f"cannot write score {score!r}: not a finite number")
+    text = f"{score:.9g}" if isinstance(score, float) else str(score)
+    return text + ".0" if _INTEGER.fullmatch(text) else text
 
 
 def write_ranking(path, ranking: Iterable[tuple[str, Sequence[tuple[str, float]]]]) -> None:
-    """Write ``qid\\tpid\\tscore`` lines, grouped by query, in the order given (best first).
-
-    Float scores get 9 significant digits, enough to round-trip float32, so no ties appear in the text
-    that the vectors did not have."""
+    """Write ``qid\\tpid\\tscore`` lines, grouped by query, in the order given (best first)."""
     with atomic_text_writer(path) as out:
         for qid, hits in ranking:
+            qid = checked_id(path, qid, "query id")
             for pid, score in hits:
-                out.write(f"{qid}\t{pid}\t{score:.9g}\n" if isinstance(score, float) else f"{qid}\t{pid}\t{score}\n")
+                out.write(f"{qid}\t{checked_id(path, pid, 'passage id')}\t{score_text(path, score)}\n")
+
+
+class _RankPattern:
+    """Tracks whether a third column could be MS MARCO ranks: integers running 1, 2, 3, ... for each
+    query in file order.  ``first_break`` is ``(line, message)`` for the first value that does not."""
+
+    def __init__(self):
+        self.integers = True
+        self.first_break: tuple[int, str] | None = None
+        self._count: dict[str, int] = {}
+
+    def add(self, number: int, qid: str, text: str) -> None:
+        if not self.integers:
+            return
+        if not _INTEGER.fullmatch(text):
+            self.integers, self._count = False, {}
+            return
+        position = self._count.get(qid, 0) + 1
+        self._count[qid] = position
+        if self.first_break is None and text.lstrip("+").lstrip("0") != str(position):
+            self.first_break = (number, f"query {qid}'s value number {position} is {text}")
+
+    @property
+    def ranks(self) -> bool:
+        return self.integers and self.first_break is None
+
+
+def _three_column_kind(path, pattern: _RankPattern) -> str:
+    """The documented rule for a 3-column run read with ``auto`` (see :func:`read_run`)."""
+    if not pattern.integers:
+        return "score"
+    if pattern.ranks:
+        return "rank"
+    number, detail = pattern.first_break
+    raise InputError(path, f"ambiguous run: the third column holds only integers, but not ranks 1, 2, 3... per "
+                           f"query ({detail}); pass --run_format rank or --run_format score", number)
 
 
 def read_run(path, kind: str = "auto") -> dict[str, dict[str, float]]:
-    """Read a run into ``{qid: {pid: score}}`` (higher is better).
+    """Read a run into ``{qid: {pid: score}}`` (higher is better; for MS MARCO ranks the score is
+    ``-rank``).  See :func:`read_run_with_format` for the formats."""
+    return read_run_with_format(path, kind)[0]
 
-    ``kind``: ``score`` (``qid pid score``, Tevatron ranking), ``rank`` (``qid pid rank``, MS MARCO; score
-    is ``-rank``), ``trec`` (``qid Q0 pid rank score tag``) or ``auto`` (6 columns is TREC; 3 columns is
-    MS MARCO when the file name ends in ``.marco``, else a score ranking).
+
+def read_run_with_format(path, kind: str = "auto") -> tuple[dict[str, dict[str, float]], str]:
+    """Read a run; return it and its format (``score``, ``rank`` or ``trec``).
+
+    ``kind``: ``score`` (``qid pid score``, a Tevatron ranking), ``rank`` (``qid pid rank``, an MS MARCO
+    run: positive integer ranks, each at most once per query; the score is ``-rank``), ``trec``
+    (``qid Q0 pid rank score tag``, ranked by score) or ``auto``, decided by content, never by file name:
+
+    * 6 columns: TREC.
+    * 3 columns whose third column holds only integers that run 1, 2, 3, ... for each query in file
+      order (the MS MARCO layout): ranks.
+    * 3 columns with any value that is not an integer (``2.5``, ``3.0``, ``1e-3``): scores.  Tevatron's
+      writers always put a decimal point or exponent in a score.
+    * 3 columns of integers in any other pattern (``5, 6, 7`` or ``9, 8, 7``) could be ranks or scores,
+      and the two readings rank the passages differently: an InputError asks for ``kind``.
+
+    NaN or infinite scores and empty ids are InputErrors naming the line.
     """
+    if kind not in RUN_FORMATS:
+        raise ValueError(f"run format must be one of {RUN_FORMATS}, got {kind!r}")
     path = Path(path)
-    if kind == "auto":
-        kind = "rank" if path.suffix == ".marco" else None
     run: dict[str, dict[str, float]] = {}
+    pattern = _RankPattern()
+    rank_lines: dict[str, dict[int, int]] = {}  # explicit ranks: {qid: {rank: line}}, each rank once per query
+    columns = None
     for number, line in iter_lines(path):
         if not line.strip():
             continue
         fields = line.split("\t") if "\t" in line else line.split()
-        detected = kind or ("trec" if len(fields) == 6 else "score")
-        expected = 6 if detected == "trec" else 3
-        if len(fields) != expected:
-            raise InputError(path, f"run line must have {expected} columns, found {len(fields)}", number)
-        if detected == "trec":
-            qid, pid, value = fields[0], fields[2], fields[4]
+        if columns is None:
+            columns = 6 if kind == "trec" or (kind == "auto" and len(fields) == 6) else 3
+        if len(fields) != columns:
+            raise InputError(path, f"run line must have {columns} columns, found {len(fields)}", number)
+        qid, pid, value = (fields[0], fields[2], fields[4]) if columns == 6 else fields
+        qid, pid, value = qid.strip(), pid.strip(), value.strip()
+        if not qid or not pid:
+            raise InputError(path, "empty query or passage id", number)
+        if kind == "rank":
+            score = -_parse_rank(path, number, value, rank_lines.setdefault(qid, {}), qid)
         else:
-            qid, pid, value = fields
-        try:
-            score = float(value)
-        except ValueError:
-            what = "rank" if detected == "rank" else "score"
-            raise InputError(path, f"{what} {value.strip()!r} is not a number", number) from None
-        if detected == "rank":
-            score = -score
-        qid, pid = qid.strip(), pid.strip()
+            score = parse_finite(path, number, value, "score")
+            if kind == "auto" and columns == 3:
+                pattern.add(number, qid, value)
         hits = run.setdefault(qid, {})
         if pid in hits:
             raise InputError(path, f"passage {pid} listed twice for query {qid}", number)
         hits[pid] = score
-    return run
+    resolved = "trec" if columns == 6 else kind if kind != "auto" else _three_column_kind(path, pattern)
+    if kind == "auto" and resolved == "rank":
+        run = {qid: {pid: -value for pid, value in hits.items()} for qid, hits in run.items()}
+    return run, resolved
 
 
-def iter_ranking_groups(path) -> Iterator[tuple[str, list[tuple[str, str]]]]:
-    """Yield ``(qid, [(pid, score_text), ...])`` for each consecutive block of a ``qid pid score`` file."""
+def _parse_rank(path, number: int, text: str, seen: dict[int, int], qid: str) -> float:
+    # 18 digits at most: int() refuses over 4300, and no run is deeper than 10**18
+    if not _INTEGER.fullmatch(text) or len(text) > 18 or int(text) < 1:
+        raise InputError(path, f"rank {text!r} is not a positive integer (of at most 18 digits)", number)
+    rank = int(text)
+    if rank in seen:
+        raise InputError(path, f"rank {rank} given twice for query {qid} (first on line {seen[rank]})", number)
+    seen[rank] = number
+    return float(rank)
+
+
+def iter_ranking_groups(path, trec_ids: bool = False) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """Yield ``(qid, [(pid, score_text), ...])`` for each consecutive block of a ``qid pid score`` file.
+
+    Scores must be finite numbers.  A file whose third column runs 1, 2, 3, ... per query is an MS
+    MARCO run (ranks, lower is better), not scores, and is refused at its end.  ``trec_ids``: refuse
+    ids holding whitespace (they could not be written into a TREC run), naming the line.
+    """
     current, hits = None, []
+    pattern = _RankPattern()
     for number, fields in iter_tsv(path, 3):
         qid, pid, score = (f.strip() for f in fields)
-        if not _is_number(score):
-            raise InputError(path, f"score {score!r} is not a number", number)
+        if not qid or not pid:
+            raise InputError(path, "empty query or passage id", number)
+        parse_finite(path, number, score, "score")
+        if trec_ids:
+            for what, value in (("query id", qid), ("passage id", pid)):
+                if any(ch.isspace() for ch in value):
+                    raise InputError(path, f"{what} {value!r} contains whitespace, which a TREC run cannot hold",
+                                     number)
+        pattern.add(number, qid, score)
         if qid != current and current is not None:
             yield current, hits
             hits = []
         current = qid
         hits.append((pid, score))
+    if current is not None and pattern.ranks:
+        raise InputError(path, "holds MS MARCO ranks (1, 2, 3... per query), not scores; give the "
+                               "qid<TAB>pid<TAB>score ranking")
     if current is not None:
         yield current, hits
 
@@ -272,11 +426,7 @@ def count_data_lines(path) -> int:
 
     Counted on raw bytes, so a corpus can be split into row ranges before anything is parsed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    with open(path, "rb") as handle:
-        return sum(1 for raw in handle if raw.strip())
+    return sum(1 for _, raw in iter_raw_lines(path) if raw.strip())
 
 
 def iter_collection(path, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, str, str, str]]:
@@ -289,29 +439,22 @@ def iter_collection(path, start: int = 0, stop: int | None = None) -> Iterator[t
     file by default, as when the corpus is normalised).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
     jsonl = path.suffix in (".jsonl", ".json")
     seen: set[str] = set()
     row = -1
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            row += 1
-            if row < start:
-                continue
-            if stop is not None and row >= stop:
-                break
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as err:
-                raise InputError(path, f"not valid UTF-8 ({err.reason} at byte {err.start})", number) from None
-            pid, title, text = _parse_collection_line(path, number, line, jsonl)
-            if pid in seen:
-                raise InputError(path, f"duplicate passage id {pid}", number)
-            seen.add(pid)
-            yield number, pid, title, text
+    for number, raw in iter_raw_lines(path):
+        if not raw.strip():
+            continue
+        row += 1
+        if row < start:
+            continue
+        if stop is not None and row >= stop:
+            break
+        pid, title, text = _parse_collection_line(path, number, decode_line(path, number, raw), jsonl)
+        if pid in seen:
+            raise InputError(path, f"duplicate passage id {pid}", number)
+        seen.add(pid)
+        yield number, pid, title, text
 
 
 def _parse_collection_line(path, number: int, line: str, jsonl: bool) -> tuple[str, str, str]:
@@ -336,18 +479,37 @@ def _parse_collection_line(path, number: int, line: str, jsonl: bool) -> tuple[s
 def write_marco_run(path, ranking: Iterable[tuple[str, Sequence[tuple[str, object]]]]) -> None:
     """Write an MS MARCO run, ``qid\\tpid\\trank`` (rank from 1), from ``(qid, hits)`` groups best first."""
     with atomic_text_writer(path) as out:
-        for qid, hits in ranking:
-            for rank, (pid, _score) in enumerate(hits, start=1):
-                out.write(f"{qid}\t{pid}\t{rank}\n")
+        out.writelines(marco_run_lines(path, ranking))
+
+
+def marco_run_lines(path, ranking: Iterable[tuple[str, Sequence[tuple[str, object]]]]) -> Iterator[str]:
+    """The lines of :func:`write_marco_run`; ``path`` names the file in errors."""
+    for qid, hits in ranking:
+        qid = checked_id(path, qid, "query id")
+        for rank, (pid, _score) in enumerate(hits, start=1):
+            yield f"{qid}\t{checked_id(path, pid, 'passage id')}\t{rank}\n"
 
 
 def write_trec_run(path, ranking: Iterable[tuple[str, Sequence[tuple[str, object]]]], tag: str = "tevatron") -> None:
     """Write a TREC run, ``qid Q0 pid rank score tag`` (space-separated), from ``(qid, hits)`` groups best first.
 
     Scores are written as given (strings pass through unchanged, so no precision is lost)."""
+    with atomic_text_writer(path) as out:
+        out.writelines(trec_run_lines(path, ranking, tag))
+
+
+def trec_run_lines(path, ranking: Iterable[tuple[str, Sequence[tuple[str, object]]]], tag: str = "tevatron"
+                   ) -> Iterator[str]:
+    """The lines of :func:`write_trec_run`; ids holding whitespace are refused (they would add columns)."""
+    check_trec_tag(tag)
+    for qid, hits in ranking:
+        qid = checked_id(path, qid, "query id", whitespace=False)
+        for rank, (pid, score) in enumerate(hits, start=1):
+            if not isinstance(score, str) and not math.isfinite(float(score)):
+                raise InputError(path, f"cannot write score {score!r} for query {qid}: not a finite number")
+            yield f"{qid} Q0 {checked_id(path, pid, 'passage id', whitespace=False)} {rank} {score} {tag}\n"
+
+
+def check_trec_tag(tag: str) -> None:
     if not tag or any(ch.isspace() for ch in tag):
         raise ValueError(f"TREC run tag must be one non-empty word, got {tag!r}")
-    with atomic_text_writer(path) as out:
-        for qid, hits in ranking:
-            for rank, (pid, score) in enumerate(hits, start=1):
-                out.write(f"{qid} Q0 {pid} {rank} {score} {tag}\n")
