@@ -9,7 +9,8 @@ import pytest
 from helpers import make_tiny_bert
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCIFACT_DIR = REPO_ROOT.parent / "shared" / "data" / "scifact"
+# ../shared/data/scifact beside the checkout; SCIFACT_DIR points elsewhere (e.g. from a git worktree)
+SCIFACT_DIR = Path(os.environ.get("SCIFACT_DIR") or REPO_ROOT.parent / "shared" / "data" / "scifact")
 
 
 @pytest.fixture(autouse=True, scope="session")
