@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO_ROOT, error_lines, run_module
-from tevatron.tensor_files import save_encodings, save_shard_ranking
+from tevatron.tensor_files import load_shard_ranking, save_encodings, save_shard_ranking
 from tevatron.text_formats import write_qrels, write_tsv
 
 pytestmark = pytest.mark.slow  # every test runs a subprocess (torchrun or a command line)
@@ -112,6 +112,25 @@ def reducer_inputs(folder: Path) -> None:
     (folder / "shards").mkdir()
     save_shard_ranking(folder / "shards" / "shard0.pt", ["q1", "q2"], ["p1", "p2"], [[2.0, 1.0], [3.0, 0.5]],
                        [[0, 1], [1, 0]])
+
+
+def stale_shard_inputs(folder: Path) -> None:
+    """Queries re-encoded by a retrained model, a shard ranking still searched with the old encodings."""
+    save_encodings(folder / "q.pt", np.ones((2, 4), dtype=np.float32), ["q1", "q2"],
+                   provenance={"model": {"fingerprint": "retrained"}})
+    (folder / "shards").mkdir()
+    searched = {"queries": {"file": {}, "made_from": {"model": {"fingerprint": "first"}}}}
+    save_shard_ranking(folder / "shards" / "shard0.pt", ["q1", "q2"], ["p1", "p2"], [[2.0, 1.0], [3.0, 0.5]],
+                       [[0, 1], [1, 0]], provenance=searched)
+
+
+def unreadable_output_inputs(folder: Path) -> None:
+    encodings_inputs(folder, query_dim=32)
+    (folder / "rank.pt").write_bytes(b"")           # e.g. left by a full disk: not a finished ranking
+
+
+def check_full_ranking(folder: Path) -> None:
+    assert load_shard_ranking(folder / "rank.pt")["indices"].shape == (3, 3)
 
 
 def bytes_queries(folder: Path) -> None:
@@ -323,6 +342,17 @@ CASES = {
         lambda f: write_lines(f / "run.marco", "q1\tp1\t1", "q1\tp2\t2", "q2\tp1\t1"), ("score_to_marco.py", "run.marco"),
         error="run.marco: holds MS MARCO ranks (1, 2, 3... per query), not scores; give the qid<TAB>pid<TAB>score "
               "ranking", outputs=("run.marco.marco",)),
+    "reducer-stale-shard": Case(
+        "shard ranking searched with query encodings made by another model than --query's", stale_shard_inputs,
+        ("-m", "tevatron.faiss_retriever.reducer", "--score_dir", "shards", "--query", "q.pt",
+         "--save_ranking_to", "rank.tsv"),
+        error="shards/shard0.pt: searched with query encodings made from other inputs than q.pt holds now "
+              "(model changed); search this shard again", outputs=("rank.tsv",)),
+    "search-unreadable-output": Case(
+        "existing search output that is not a readable ranking (0-byte file)", unreadable_output_inputs,
+        ("-m", "tevatron.faiss_retriever", "--query_reps", "q.pt", "--passage_reps", "p.pt", "--save_ranking_to",
+         "rank.pt", "--depth", "3"),
+        status=0, check=check_full_ranking),
 }
 
 

@@ -118,10 +118,15 @@ def test_negatives_and_dev_run(toy_data_dir):
     for qid, hits in run.items():
         scores = list(hits.values())
         assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores)
-    # Outputs present: a rerun is skipped without building the index.
-    before = (data / "train.negatives.tsv").stat().st_mtime_ns
-    assert bm25.main(["--data_dir", str(data), "--dev_run"]) == 0
-    assert (data / "train.negatives.tsv").stat().st_mtime_ns == before
+    # Outputs up to date: a rerun is skipped without building the index (threads and batch size change
+    # no result); another depth redoes the negatives only.
+    before = {name: (data / name).stat().st_mtime_ns for name in ("train.negatives.tsv", "bm25.dev.rank.tsv")}
+    assert bm25.main(["--data_dir", str(data), "--dev_run", "--depth", "10"]) == 0
+    assert before == {name: (data / name).stat().st_mtime_ns for name in before}
+    assert bm25.main(["--data_dir", str(data), "--dev_run", "--depth", "3"]) == 0
+    assert (data / "train.negatives.tsv").stat().st_mtime_ns != before["train.negatives.tsv"]
+    assert (data / "bm25.dev.rank.tsv").stat().st_mtime_ns == before["bm25.dev.rank.tsv"]
+    assert all(len(pids) <= 3 for pids in read_negatives(data / "train.negatives.tsv").values())
 
 
 def test_bm25_cli_malformed_corpus(toy_data_dir, capsys):

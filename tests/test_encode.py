@@ -107,16 +107,19 @@ def test_two_shard_processes_merge_to_the_single_process_result(trained_dirs, tm
 
 
 @pytest.mark.slow
-def test_complete_output_is_kept_unless_overwrite(trained_dirs, tmp_path):
+def test_up_to_date_output_is_kept_unless_overwrite(trained_dirs, tmp_path):
     in_path = write_jsonl(tmp_path / "corpus.json", toy_corpus(10))
     out = tmp_path / "p.pt"
-    save_encodings(out, torch.zeros(3, 2), ["a", "b", "c"])  # a finished file from an earlier run
+    save_encodings(out, torch.zeros(3, 2), ["a", "b", "c"])  # a finished file of unknown provenance: redone
+    redone = _encode(trained_dirs["tied"], in_path, out)
+    assert redone.returncode == 0 and "has no provenance record" in redone.stderr, redone.stderr[-2000:]
+    assert len(load_encodings(out)[1]) == 10
     kept = _encode(trained_dirs["tied"], in_path, out)
-    assert kept.returncode == 0 and "is complete; skipping" in kept.stderr
-    assert load_encodings(out)[1] == ["a", "b", "c"]
+    assert kept.returncode == 0 and "is up to date" in kept.stderr and "skipping" in kept.stderr
     out.write_bytes(out.read_bytes()[:100])  # a truncated file is not complete: redone
     redone = _encode(trained_dirs["tied"], in_path, out)
     assert redone.returncode == 0, redone.stderr[-2000:]
+    assert "not a readable encodings file" in redone.stderr and "re-encoding" in redone.stderr
     assert len(load_encodings(out)[1]) == 10
     overwritten = _encode(trained_dirs["tied"], write_jsonl(tmp_path / "c2.json", toy_corpus(4)), out, "--overwrite")
     assert overwritten.returncode == 0 and len(load_encodings(out)[1]) == 4

@@ -325,13 +325,31 @@ def test_tokenize_passages_splits_and_resume(tmp_path, caplog):
     assert [r["text_id"] for r in records] == [f"id{i}" for i in range(23)]          # whole corpus, in order
     assert [len(list(p.open())) for p in paths] == [6, 6, 6, 5]
     assert SEP in records[0]["text"] and SEP not in records[1]["text"] and CLS not in records[0]["text"]
-    # Resume: only the missing split is rewritten; a complete folder is skipped.
-    stamps = [p.stat().st_mtime_ns for p in paths]
-    paths[2].unlink()
-    (out / ".complete").unlink()
+    # Resume: a run interrupted at split 2 keeps splits 0 and 1 when rerun with the same inputs.
+    real_tokenize_split = tokenize.tokenize_split
+
+    def interrupted(job):
+        if job["index"] == 2:
+            raise KeyboardInterrupt
+        return real_tokenize_split(job)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tokenize, "tokenize_split", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            tokenize.tokenize_passages(TOKENIZER, tmp_path / "corpus.tsv", out, n_splits=4, num_workers=1,
+                                       overwrite=True)
+    assert not (out / ".complete").exists() and not paths[2].exists() and not paths[3].exists()
+    stamps = [p.stat().st_mtime_ns for p in paths[:2]]
     tokenize.tokenize_passages(TOKENIZER, tmp_path / "corpus.tsv", out, n_splits=4, num_workers=1)
-    assert [p.stat().st_mtime_ns for p in paths][:2] == stamps[:2] and paths[2].is_file()
-    assert "3 of 4 splits already written; resuming" in caplog.text
+    assert [p.stat().st_mtime_ns for p in paths[:2]] == stamps and paths[2].is_file()
+    assert "2 of 4 splits already written; resuming" in caplog.text
+    assert read_splits(out) == records
+    # Split files whose provenance is unknown (no record of an interrupted run) are never resumed.
+    (out / ".complete").unlink()
+    paths[3].unlink()
+    caplog.clear()
+    tokenize.tokenize_passages(TOKENIZER, tmp_path / "corpus.tsv", out, n_splits=4, num_workers=1)
+    assert "resuming" not in caplog.text and "removed 3 files left by a run" in caplog.text
     assert read_splits(out) == records
     # Other parameters: old splits are removed, not mixed in.
     tokenize.tokenize_passages(TOKENIZER, tmp_path / "corpus.tsv", out, n_splits=2, num_workers=1)

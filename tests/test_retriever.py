@@ -191,16 +191,20 @@ def test_text_output_with_string_ids_and_both_backends(encoded):
     assert list(run) == encoded["query_ids"]
 
 
-def test_existing_output_is_kept_unless_overwrite(encoded, caplog):
+def test_existing_output_is_kept_only_when_up_to_date_unless_overwrite(encoded, caplog):
     caplog.set_level(logging.INFO)
     folder = encoded["dir"]
     output = folder / "rank.txt"
-    output.write_text("keep me\n")
+    output.write_text("not made by this search\n")  # no provenance record: redone
     assert search_cli(encoded["queries"], encoded["single"], output, "--save_text") == 0
-    assert output.read_text() == "keep me\n"
-    assert "skipping" in caplog.text
-    assert search_cli(encoded["queries"], encoded["single"], output, "--save_text", "--overwrite") == 0
     assert len(output.read_text().splitlines()) == 400
+    assert "has no provenance record" in caplog.text
+    stamp = output.stat().st_mtime_ns
+    caplog.clear()
+    assert search_cli(encoded["queries"], encoded["single"], output, "--save_text") == 0
+    assert output.stat().st_mtime_ns == stamp and "is up to date" in caplog.text and "skipping" in caplog.text
+    assert search_cli(encoded["queries"], encoded["single"], output, "--save_text", "--overwrite") == 0
+    assert output.stat().st_mtime_ns != stamp and len(output.read_text().splitlines()) == 400
 
 
 @pytest.mark.slow

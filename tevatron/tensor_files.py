@@ -1,5 +1,9 @@
 """Binary outputs: encodings and shard rankings, as torch zip files of tensors and string lists
-(loadable with ``torch.load(weights_only=True)``; nothing here unpickles objects)."""
+(loadable with ``torch.load(weights_only=True)``; nothing here unpickles objects).
+
+Both may carry a ``provenance`` record (:mod:`tevatron.provenance`: what they were made from); files
+written without one (older versions, other writers) still load, and are never taken as up to date.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +13,7 @@ import numpy as np
 import torch
 
 from tevatron.files import InputError, atomic_output
+from tevatron.provenance import normalized
 
 ENCODINGS_FORMAT = "tevatron.encodings"
 RANKING_FORMAT = "tevatron.ranking"
@@ -16,14 +21,17 @@ FORMAT_VERSION = 1
 
 
 # --------------------------------------------------------------------------- encodings
-def save_encodings(path, reps, ids: Sequence[str]) -> None:
-    """Save vectors and their string ids (torch zip format, loadable with ``weights_only=True``)."""
+def save_encodings(path, reps, ids: Sequence[str], provenance: dict | None = None) -> None:
+    """Save vectors and their string ids (torch zip format, loadable with ``weights_only=True``), with
+    the record of what they were made from when given."""
     reps = torch.as_tensor(np.asarray(reps, dtype=np.float32) if not torch.is_tensor(reps) else reps)
     reps = reps.detach().to("cpu", torch.float32).contiguous()
     ids = [str(i) for i in ids]
     if reps.ndim != 2 or reps.shape[0] != len(ids):
         raise ValueError(f"{len(ids)} ids for vectors of shape {tuple(reps.shape)}")
     payload = {"format": ENCODINGS_FORMAT, "version": FORMAT_VERSION, "reps": reps, "ids": ids}
+    if provenance is not None:
+        payload["provenance"] = normalized(provenance)
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
 
@@ -31,7 +39,7 @@ def save_encodings(path, reps, ids: Sequence[str]) -> None:
 def _torch_load(path, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, f"no such {what} file")
+        raise InputError(path, f"a directory, not a {what} file" if path.is_dir() else f"no such {what} file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated zip, foreign pickle, garbage
@@ -42,6 +50,22 @@ def _torch_load(path, what: str) -> dict:
 
 def load_encodings(path) -> tuple[torch.Tensor, list[str]]:
     """Load ``(reps [N, dim] float32, ids)`` written by :func:`save_encodings`."""
+    payload = _load_encodings_payload(path)
+    return payload["reps"], payload["ids"]
+
+
+def encodings_provenance(path) -> dict | None:
+    """The provenance record of a readable encodings file (None: written without one); InputError
+    when ``path`` is not a complete encodings file."""
+    return _provenance(_load_encodings_payload(path))
+
+
+def _provenance(payload: dict) -> dict | None:
+    record = payload.get("provenance")
+    return record if isinstance(record, dict) else None
+
+
+def _load_encodings_payload(path) -> dict:
     payload = _torch_load(path, "encodings")
     if not isinstance(payload, dict) or payload.get("format") != ENCODINGS_FORMAT:
         raise InputError(path, "not a tevatron encodings file")
@@ -50,7 +74,7 @@ def load_encodings(path) -> tuple[torch.Tensor, list[str]]:
         raise InputError(path, "corrupt encodings: 'reps' must be a tensor and 'ids' a list of strings")
     if reps.ndim != 2 or reps.shape[0] != len(ids):
         raise InputError(path, f"corrupt encodings: {len(ids)} ids for vectors of shape {tuple(reps.shape)}")
-    return reps, ids
+    return payload
 
 
 def _is_string_list(value) -> bool:
@@ -67,19 +91,30 @@ def is_complete_encodings(path) -> bool:
 
 
 # --------------------------------------------------------------------------- rankings
-def save_shard_ranking(path, query_ids: Sequence[str], passage_ids: Sequence[str], scores, indices) -> None:
-    """Save one shard's search result: top-k ``scores``/``indices`` [Q, k] into ``passage_ids``."""
+def save_shard_ranking(path, query_ids: Sequence[str], passage_ids: Sequence[str], scores, indices,
+                       provenance: dict | None = None) -> None:
+    """Save one shard's search result: top-k ``scores``/``indices`` [Q, k] into ``passage_ids`` (and the
+    record of what it was searched from, when given)."""
     scores = torch.as_tensor(scores, dtype=torch.float32).contiguous()
     indices = torch.as_tensor(indices, dtype=torch.int64).contiguous()
     if scores.shape != indices.shape or scores.shape[0] != len(query_ids):
         raise ValueError("scores, indices and query ids disagree in shape")
     payload = {"format": RANKING_FORMAT, "version": FORMAT_VERSION, "query_ids": [str(q) for q in query_ids],
                "passage_ids": [str(p) for p in passage_ids], "scores": scores, "indices": indices}
+    if provenance is not None:
+        payload["provenance"] = normalized(provenance)
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
 
 
+def shard_ranking_provenance(path) -> dict | None:
+    """The provenance record of a readable shard ranking (None: written without one); InputError when
+    ``path`` is not a complete shard ranking."""
+    return _provenance(load_shard_ranking(path))
+
+
 def load_shard_ranking(path) -> dict:
+    """The ranking's payload: ``query_ids``, ``passage_ids``, ``scores``, ``indices`` (and ``provenance``)."""
     payload = _torch_load(path, "ranking")
     if not isinstance(payload, dict) or payload.get("format") != RANKING_FORMAT:
         raise InputError(path, "not a tevatron shard ranking file")

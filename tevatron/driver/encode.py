@@ -1,8 +1,10 @@
 """``python -m tevatron.driver.encode``: encode tokenized queries or passages into vectors.
 
 Texts are sorted by length and each batch is padded to its longest member, so little compute goes to
-padding; vectors are written back in input order.  The output appears only when complete, and a
-complete output is kept unless ``--overwrite`` is given, so a re-run resumes a loop over splits.
+padding; vectors are written back in input order.  The output appears only when complete and carries
+the record of what it was made from (:func:`encoding_provenance`); a re-run keeps it only when that
+record is unchanged (same model, inputs and result-changing arguments) and ``--overwrite`` is not
+given, so a re-run resumes a loop over splits but never reuses vectors of a retrained model.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from tevatron.arguments import DataArguments, EncodeArguments, ModelArguments
 from tevatron.data import SequencePadder, length_sorted_batches, read_encode_records, shard_range
 from tevatron.cli import CommandError, command
 from tevatron.files import InputError
-from tevatron.tensor_files import is_complete_encodings, save_encodings
+from tevatron.provenance import file_identity, model_identity, up_to_date
+from tevatron.tensor_files import encodings_provenance, save_encodings
 from tevatron.cpu_kernels import use_onednn_linear
 from tevatron.modeling import DenseModel
 from tevatron.tokenization import load_tokenizer
@@ -50,27 +53,48 @@ def encode_texts(model: DenseModel, padder: SequencePadder, texts, max_len: int,
     return output
 
 
+def encoding_provenance(model_args: ModelArguments, data_args: DataArguments, model: DenseModel, max_len: int,
+                        precision: str) -> dict:
+    """What the vectors depend on: the model and tokenizer, the pooling and normalisation the loaded model
+    actually uses, the side (query or passage encoder) and its max length after the cut to the model's
+    positions, the input files, the shard and the precision.  Not recorded, because they do not change
+    the vectors: the temperature (it only scales training similarities) and the batch size, device
+    and CPU kernel choice (they change rounding only)."""
+    return {"model": model_identity(model_args.model_name_or_path),
+            "tokenizer": model_identity(model_args.tokenizer_name) if model_args.tokenizer_name else "the model's",
+            "pooling": model.dense_config.pooling, "normalize": bool(model.dense_config.normalize),
+            "side": "query" if data_args.encode_is_qry else "passage", "max_len": max_len,
+            "inputs": [file_identity(path) for path in data_args.encode_in_path],
+            "shard": {"count": data_args.encode_num_shard, "index": data_args.encode_shard_index},
+            "precision": precision}
+
+
 @command
 def main(argv=None) -> int:
     parser = HfArgumentParser((ModelArguments, DataArguments, EncodeArguments))
     model_args, data_args, encode_args = parser.parse_args_into_dataclasses(args=argv)
     if not data_args.encode_in_path or not data_args.encoded_save_path:
         raise CommandError("give --encode_in_path and --encoded_save_path")
-    if is_complete_encodings(data_args.encoded_save_path) and not data_args.overwrite:
-        logger.info("%s is complete; skipping (use --overwrite to redo it)", data_args.encoded_save_path)
-        return 0
 
+    # The model is loaded before deciding: the record holds what it resolves (pooling, max length).
     model = DenseModel.load(model_args.model_name_or_path, model_args, pooling=model_args.pooling,
                             normalize=model_args.normalize)
+    if data_args.encode_is_qry:
+        max_len = model.fit_max_len(data_args.q_max_len, "--q_max_len")
+    else:
+        max_len = model.fit_max_len(data_args.p_max_len, "--p_max_len")
+    autocast_dtype = torch.float16 if encode_args.fp16 else torch.bfloat16 if encode_args.bf16 else None
+    precision = "fp16" if encode_args.fp16 else "bf16" if encode_args.bf16 else "fp32"
+    provenance = encoding_provenance(model_args, data_args, model, max_len, precision)
+    if up_to_date(data_args.encoded_save_path, provenance, encodings_provenance, data_args.overwrite,
+                  redo="re-encoding"):
+        return 0
+
     ids, texts = read_encode_records(data_args.encode_in_path, vocab_size=model.vocab_size())
     shard = shard_range(len(ids), data_args.encode_num_shard, data_args.encode_shard_index)
     ids, texts = ids[shard.start: shard.stop], texts[shard.start: shard.stop]
     if not ids:
         raise InputError(data_args.encode_in_path[0], "nothing to encode (empty input or shard)")
-    if data_args.encode_is_qry:
-        max_len = model.fit_max_len(data_args.q_max_len, "--q_max_len")
-    else:
-        max_len = model.fit_max_len(data_args.p_max_len, "--p_max_len")
     logger.info("encoding %d %s (shard %d of %d), max length %d", len(ids),
                 "queries" if data_args.encode_is_qry else "passages", data_args.encode_shard_index,
                 data_args.encode_num_shard, max_len)
@@ -81,10 +105,9 @@ def main(argv=None) -> int:
     model.to(device)
     if device.type == "cpu":
         use_onednn_linear(model, model_args.cpu_linear)
-    autocast_dtype = torch.float16 if encode_args.fp16 else torch.bfloat16 if encode_args.bf16 else None
     reps = encode_texts(model, SequencePadder(tokenizer), texts, max_len, data_args.encode_is_qry,
                         encode_args.per_device_eval_batch_size, device, autocast_dtype)
-    save_encodings(data_args.encoded_save_path, reps, ids)
+    save_encodings(data_args.encoded_save_path, reps, ids, provenance)
     logger.info("saved %d vectors of dimension %d to %s", reps.shape[0], reps.shape[1],
                 data_args.encoded_save_path)
     return 0

@@ -9,6 +9,13 @@ is O(queries x depth) plus one compact byte array of passage ids per shard.  The
 (:func:`tevatron.faiss_retriever.topk.merge_topk`, the retriever's own block merge): earlier
 shards come first on equal scores, which is the retriever's lower-position-first rule, so reducing
 per-shard results equals searching the concatenated shards at once.
+
+The output gets a provenance record (the shard files' and the query file's identities, the depth), so
+a re-run with unchanged shards keeps it and leaves its modification time alone: steps that read the
+ranking (hard-negative mining) then see an unchanged input.  A shard whose record says
+it was searched with query encodings made from other inputs than ``--query`` now holds (e.g. before
+the queries were re-encoded with a retrained model) is refused: merging it would mix two models'
+rankings.
 """
 from __future__ import annotations
 
@@ -23,7 +30,9 @@ import torch
 from tevatron.faiss_retriever.topk import merge_topk, ranked_shard_rows
 from tevatron.cli import command
 from tevatron.files import InputError
-from tevatron.tensor_files import load_encodings, load_shard_ranking
+from tevatron.provenance import (changed_inputs, file_identity, normalized, read_file_record, up_to_date,
+                                 write_file_record)
+from tevatron.tensor_files import encodings_provenance, load_encodings, load_shard_ranking
 from tevatron.text_formats import write_ranking
 
 logger = logging.getLogger(__name__)
@@ -39,6 +48,7 @@ class ReduceArguments:
     query: str = field(metadata={"help": "the query encodings file the shards were searched with"})
     save_ranking_to: str = field(metadata={"help": "output 'qid<TAB>pid<TAB>score' ranking"})
     depth: Optional[int] = field(default=None, metadata={"help": "results per query; unset: the shards' depth"})
+    overwrite: bool = field(default=False, metadata={"help": "merge again even if the output is up to date"})
 
 
 @dataclass
@@ -82,6 +92,18 @@ def check_shard(path, payload: dict, query_ids: list[str], query_file) -> None:
                                f"{len(payload['passage_ids'])} passages")
 
 
+def check_shard_queries(path, payload: dict, query_record: dict | None, query_file) -> None:
+    """Refuse a shard searched with query encodings made from other inputs than ``query_file``'s."""
+    searched = (payload.get("provenance") or {}).get("queries")
+    searched_with = searched.get("made_from") if isinstance(searched, dict) else None
+    if searched_with is None or query_record is None:
+        return  # written without records: nothing to compare
+    if normalized(searched_with) != normalized(query_record):
+        changed = ", ".join(changed_inputs(normalized(searched_with), normalized(query_record)))
+        raise InputError(path, f"searched with query encodings made from other inputs than {query_file} "
+                               f"holds now ({changed} changed); search this shard again")
+
+
 def merge_into(best_scores, best_positions, shard_scores, shard_indices, offset: int, keep: int,
                chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge one shard into the running top-k, ``chunk`` queries at a time to bound temporaries."""
@@ -101,12 +123,14 @@ def reduce_shards(paths: Sequence[Path], query_file, depth: int | None = None,
                   chunk: int = MERGE_CHUNK_QUERIES) -> MergedRanking:
     """Fold the shard rankings into the global top-``depth`` (default: the widest shard's depth)."""
     _, query_ids = load_encodings(query_file)
+    query_record = encodings_provenance(query_file)
     best_scores = torch.empty((len(query_ids), 0), dtype=torch.float32)
     best_positions = torch.empty((len(query_ids), 0), dtype=torch.int64)
     offsets, id_tables, offset = [], [], 0
     for path in paths:
         payload = load_shard_ranking(path)
         check_shard(path, payload, query_ids, query_file)
+        check_shard_queries(path, payload, query_record, query_file)
         shard_scores, shard_indices = payload["scores"], payload["indices"]
         passage_count = len(payload["passage_ids"])
         if depth is not None and shard_scores.shape[1] < min(depth, passage_count):
@@ -148,10 +172,15 @@ def iter_merged(merged: MergedRanking, chunk: int = MERGE_CHUNK_QUERIES) -> Iter
 def run_reduce(args: ReduceArguments) -> None:
     output = Path(args.save_ranking_to)
     paths = list_shard_files(args.score_dir, exclude=[output])
+    provenance = {"shards": [file_identity(path) for path in paths], "query": file_identity(args.query),
+                  "depth": args.depth}
+    if up_to_date(output, provenance, read_file_record, args.overwrite, redo="merging again"):
+        return
     merged = reduce_shards(paths, args.query, args.depth)
     logger.info("merged %d shard rankings for %d queries (depth %d)", len(paths), len(merged.query_ids),
                 merged.scores.shape[1])
     write_ranking(output, iter_merged(merged))
+    write_file_record(output, provenance)
     logger.info("wrote %s", output)
 
 

@@ -11,6 +11,10 @@ Two backends return the same ranking:
 Ranking rule (both backends): score descending, then passage position ascending, where the position
 is the row in the concatenation of the sorted shard files.  FAISS alone breaks ties arbitrarily, so
 its output is normalised to this rule.
+
+The output records what it was searched from (:func:`search_provenance`: the encodings files and
+their own records, depth, backend, format); an existing output is kept only when that record is
+unchanged, so a search into an old file after re-encoding, or with another depth, is redone.
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ from tevatron.cpu_kernels import onednn_matmul_bt
 from tevatron.cli import command
 from tevatron.faiss_retriever.topk import candidates_above, exact_topk, merge_topk, order_by_score_then_position
 from tevatron.files import InputError
-from tevatron.tensor_files import load_encodings, save_shard_ranking
+from tevatron.provenance import file_identity, read_file_record, up_to_date, write_file_record
+from tevatron.tensor_files import encodings_provenance, load_encodings, save_shard_ranking, shard_ranking_provenance
 from tevatron.text_formats import write_ranking
 
 logger = logging.getLogger(__name__)
@@ -262,22 +267,51 @@ def iter_text_ranking(query_ids, passage_ids, scores: torch.Tensor, positions: t
         yield qid, [(passage_ids[position], score) for position, score in hits]
 
 
-def save_results(path, query_ids, passage_ids, scores, positions, as_text: bool) -> None:
+def save_results(path, query_ids, passage_ids, scores, positions, as_text: bool,
+                 provenance: dict | None = None) -> None:
     if as_text:
         write_ranking(path, iter_text_ranking(query_ids, passage_ids, scores, positions))
+        if provenance is not None:
+            write_file_record(path, provenance)
     else:
-        save_shard_ranking(path, query_ids, passage_ids, scores, positions)
+        save_shard_ranking(path, query_ids, passage_ids, scores, positions, provenance)
+
+
+def encodings_source(path) -> dict:
+    """One input of a search: the encodings file, and the record of what it was made from."""
+    return {"file": file_identity(path), "made_from": encodings_provenance(path)}
+
+
+def search_provenance(args: SearchArguments, backend: str) -> dict:
+    """What a ranking depends on.  The backends agree on the ranking but may round scores differently,
+    so the backend is recorded too; batch and block sizes change neither."""
+    return {"queries": encodings_source(args.query_reps),
+            "passages": [encodings_source(path) for path in resolve_shard_paths(args.passage_reps)],
+            "depth": args.depth, "backend": backend, "format": "text" if args.save_text else "binary"}
+
+
+def warn_on_model_mismatch(provenance: dict, args: SearchArguments) -> None:
+    """Query and passage vectors from different models give meaningless scores: one of them is stale."""
+    query_model = (provenance["queries"]["made_from"] or {}).get("model")
+    for shard in provenance["passages"]:
+        passage_model = (shard["made_from"] or {}).get("model")
+        if query_model is not None and passage_model is not None and passage_model != query_model:
+            logger.warning("%s was encoded with model %s but %s with model %s; is one of them stale?",
+                           args.query_reps, query_model, shard["file"]["path"], passage_model)
+            return
 
 
 def run_search(args: SearchArguments) -> None:
-    """Load, check, search, save.  All input checks run before the first log line."""
+    """Decide (reuse or redo, one log line), load, check, search, save."""
     output = Path(args.save_ranking_to)
-    if output.exists() and not args.overwrite:
-        logger.info("%s exists; skipping (pass --overwrite to replace it)", output)
+    backend = "torch" if args.backend == "auto" else args.backend
+    provenance = search_provenance(args, backend)
+    read_record = read_file_record if args.save_text else shard_ranking_provenance
+    if up_to_date(output, provenance, read_record, args.overwrite, redo="searching again"):
         return
     passages = load_passage_shards(args.passage_reps)
     query_reps, query_ids = load_queries(args.query_reps, passages)
-    backend = "torch" if args.backend == "auto" else args.backend
+    warn_on_model_mismatch(provenance, args)
     logger.info("%d passages (dim %d) in %d shard(s); %d queries; depth %d; backend %s",
                 passages.count, passages.dim, len(passages.paths), len(query_ids), args.depth, backend)
     started = time.perf_counter()
@@ -286,7 +320,7 @@ def run_search(args: SearchArguments) -> None:
     elapsed = time.perf_counter() - started
     logger.info("searched %d queries in %.1f s (%.1f queries/s)", len(query_ids), elapsed,
                 len(query_ids) / max(elapsed, 1e-9))
-    save_results(output, query_ids, passages.ids, scores, positions, args.save_text)
+    save_results(output, query_ids, passages.ids, scores, positions, args.save_text, provenance)
     logger.info("wrote %s", output)
 
 

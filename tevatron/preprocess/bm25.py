@@ -26,6 +26,7 @@ from tevatron.files import InputError
 from tevatron.text_formats import (iter_collection, positives_from_qrels, read_qrels, read_queries,
                                    write_negatives, write_ranking)
 from tevatron.preprocess.common import real_title
+from tevatron.provenance import file_identity, read_file_record, up_to_date, write_file_record
 
 logger = logging.getLogger(__name__)
 
@@ -213,21 +214,24 @@ def run_bm25(collection, train_queries=None, train_qrels=None, negatives_out=Non
              dev_run_out=None, depth: int = NEGATIVE_DEPTH, dev_depth: int = DEV_RUN_DEPTH, k1: float = DEFAULT_K1,
              b: float = DEFAULT_B, n_threads: int | None = None, batch_size: int = QUERY_BATCH,
              overwrite: bool = False) -> list[Path]:
-    """Write the training negatives and/or the dev run, skipping outputs that already exist."""
+    """Write the training negatives and/or the dev run, skipping outputs already made from the same inputs
+    and arguments (their sidecar provenance records say; threads and batch size change no result)."""
     n_threads = (os.cpu_count() or 1) if n_threads is None else n_threads
     negatives_out = Path(negatives_out) if negatives_out is not None else None
     dev_run_out = Path(dev_run_out) if dev_run_out is not None else None
-    todo = []
-    for out, inputs in ((negatives_out, (train_queries, train_qrels)), (dev_run_out, (dev_queries,))):
+    scoring = {"k1": k1, "b": b, "collection": file_identity(collection)}
+    todo, records = [], {}
+    for out, inputs, arguments in ((negatives_out, (train_queries, train_qrels), {"depth": depth}),
+                                   (dev_run_out, (dev_queries,), {"depth": dev_depth})):
         if out is None:
             continue
-        if out.is_file() and not overwrite:
-            logger.info("%s exists; skipped", out)
-            continue
-        todo.append(out)
         for path in inputs:
             if path is None:
                 raise ValueError(f"{out} requested without its inputs")
+        records[out] = {**scoring, **arguments, "inputs": [file_identity(path) for path in inputs]}
+        if up_to_date(out, records[out], read_file_record, overwrite, redo="searching again"):
+            continue
+        todo.append(out)
     if not todo:
         return []
     # Read the queries before the (long) indexing, so bad query files fail fast.
@@ -238,9 +242,11 @@ def run_bm25(collection, train_queries=None, train_qrels=None, negatives_out=Non
         queries, positives = train
         write_negatives(negatives_out,
                              iter_bm25_negatives(index, queries, positives, depth, batch_size, n_threads))
+        write_file_record(negatives_out, records[negatives_out])
         logger.info("wrote %s", negatives_out)
     if dev is not None:
         write_ranking(dev_run_out, iter_search(index, dev, dev_depth, batch_size, n_threads, desc="BM25 dev run"))
+        write_file_record(dev_run_out, records[dev_run_out])
         logger.info("wrote %s", dev_run_out)
     return todo
 

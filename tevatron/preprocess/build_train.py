@@ -30,8 +30,9 @@ from tqdm import tqdm
 from tevatron.cli import command
 from tevatron.files import InputError, atomic_text_writer
 from tevatron.text_formats import iter_collection, iter_negatives, positives_from_qrels, read_qrels, read_queries
-from tevatron.preprocess.common import (clear_complete_marker, file_signature, finish_directory_output, is_complete,
-                                        real_title)
+from tevatron.preprocess.common import real_title
+from tevatron.provenance import (begin_folder_output, file_identity, finish_folder_output, folder_up_to_date,
+                                 model_identity)
 from tevatron.preprocess.tokenize import (DEFAULT_BATCH_SIZE, iter_batches, passage_text, split_path,
                                           tokenize_batch)
 from tevatron.tokenization import load_tokenizer
@@ -43,7 +44,7 @@ SHARD_GLOB = "split*.json"
 
 @dataclass(frozen=True)
 class TrainSetOptions:
-    """How groups are sampled and tokenised; recorded in the output's completion marker."""
+    """How groups are sampled and tokenised; recorded in the output's provenance record."""
     n_sample: int = 30
     seed: int = 42
     q_max_len: int = 32
@@ -195,29 +196,26 @@ def write_shards(records: Iterator[dict], n_groups: int, save_to: Path, shard_si
                     out.write(json.dumps(next(records)) + "\n")
                     progress.update()
             paths.append(path)
-    for stale in sorted(set(save_to.glob(SHARD_GLOB)) - set(paths)):
-        stale.unlink()
-        logger.info("removed %s left by an earlier run", stale)
     return paths
 
 
 def build_training_set(candidate_groups: Iterable[tuple[str, list[str]]], source, tokenizer_name: str,
                        qrels_path, queries_path, collection_path, save_to, options: TrainSetOptions,
-                       params: dict) -> list[Path]:
+                       candidates_record: dict, overwrite: bool = False) -> list[Path]:
     """The shared pipeline: sample groups, tokenise what they use, write shards, mark complete.
 
-    ``candidate_groups`` yields ``(qid, candidate negative pids)``; ``params`` describes the inputs for
-    the completion marker, so a rerun with the same inputs and options is skipped.
+    ``candidate_groups`` yields ``(qid, candidate negative pids)``; ``candidates_record`` names where
+    they come from (file identity, depth, ...) for the provenance record, so a rerun from the same
+    inputs and options is skipped and any other rerun rebuilds the folder.
     """
     save_to = Path(save_to)
     for path in (qrels_path, queries_path, collection_path):
         if not Path(path).is_file():
             raise InputError(path, "no such file")
-    params = {**params, "tokenizer": tokenizer_name, "qrels": file_signature(qrels_path),
-              "queries": file_signature(queries_path), "collection": file_signature(collection_path),
-              **asdict(options)}
-    if is_complete(save_to, params):
-        logger.info("%s is complete; skipped", save_to)
+    provenance = {**candidates_record, "tokenizer": model_identity(tokenizer_name),
+                  "qrels": file_identity(qrels_path), "queries": file_identity(queries_path),
+                  "collection": file_identity(collection_path), **asdict(options)}
+    if folder_up_to_date(save_to, provenance, overwrite, redo="rebuilding"):
         return sorted(save_to.glob(SHARD_GLOB))
     queries = read_queries(queries_path)
     positives = positives_from_qrels(read_qrels(qrels_path))
@@ -229,10 +227,10 @@ def build_training_set(candidate_groups: Iterable[tuple[str, list[str]]], source
     tokenizer = load_tokenizer(tokenizer_name)
     needed_rows = np.unique(np.concatenate([np.concatenate([g.positive_rows, g.negative_rows]) for g in groups]))
     store = tokenize_needed_passages(collection_path, needed_rows, tokenizer, options.p_max_len)
-    clear_complete_marker(save_to)
+    begin_folder_output(save_to, provenance, SHARD_GLOB, keep_finished=False)  # every shard is rewritten
     records = iter_group_records(groups, queries, store, tokenizer, options.q_max_len)
     paths = write_shards(records, len(groups), save_to, options.shard_size)
-    finish_directory_output(save_to, params, {"groups": len(groups), "shards": len(paths), **counts})
+    finish_folder_output(save_to, provenance, {"groups": len(groups), "shards": len(paths), **counts})
     logger.info("wrote %d training groups in %d shards to %s", len(groups), len(paths), save_to)
     return paths
 
@@ -254,13 +252,12 @@ def iter_negative_file(path) -> Iterator[tuple[str, list[str]]]:
 
 
 def build_train(tokenizer_name: str, negative_file, qrels, queries, collection, save_to,
-                options: TrainSetOptions = TrainSetOptions()) -> list[Path]:
+                options: TrainSetOptions = TrainSetOptions(), overwrite: bool = False) -> list[Path]:
     """Training groups with negatives from a ``qid \\t pid,pid,...`` file (BM25 top 200 minus positives)."""
     if not Path(negative_file).is_file():
         raise InputError(negative_file, "no such file")
-    params = {"negatives": file_signature(negative_file)}
     return build_training_set(iter_negative_file(negative_file), negative_file, tokenizer_name, qrels, queries,
-                              collection, save_to, options, params)
+                              collection, save_to, options, {"negatives": file_identity(negative_file)}, overwrite)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -275,6 +272,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--q_max_len", type=int, default=32)
     parser.add_argument("--p_max_len", type=int, default=128)
     parser.add_argument("--shard_size", type=int, default=45000, help="groups per split file")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild even if the folder is up to date")
 
 
 def options_from_args(args: argparse.Namespace) -> TrainSetOptions:
@@ -292,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None) -> None:
     args = build_parser().parse_args(argv)
     build_train(args.tokenizer_name, args.negative_file, args.qrels, args.queries, args.collection, args.save_to,
-                options_from_args(args))
+                options_from_args(args), args.overwrite)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

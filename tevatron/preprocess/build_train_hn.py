@@ -15,7 +15,7 @@ from tevatron.files import InputError
 from tevatron.text_formats import iter_ranking_groups
 from tevatron.preprocess.build_train import (TrainSetOptions, add_common_arguments, build_training_set,
                                              options_from_args)
-from tevatron.preprocess.common import file_signature
+from tevatron.provenance import file_identity
 
 
 def iter_ranked_candidates(ranking_file, depth: int = 200, skip_top: int = 0) -> Iterator[tuple[str, list[str]]]:
@@ -33,13 +33,14 @@ def iter_ranked_candidates(ranking_file, depth: int = 200, skip_top: int = 0) ->
 
 
 def build_train_hn(tokenizer_name: str, hn_file, qrels, queries, collection, save_to, depth: int = 200,
-                   skip_top: int = 0, options: TrainSetOptions = TrainSetOptions()) -> list[Path]:
+                   skip_top: int = 0, options: TrainSetOptions = TrainSetOptions(), overwrite: bool = False
+                   ) -> list[Path]:
     """Write hard-negative training groups from ranking ``hn_file`` (see the module docstring)."""
     if not Path(hn_file).is_file():
         raise InputError(hn_file, "no such file")
-    params = {"hn_file": file_signature(hn_file), "depth": depth, "skip_top": skip_top}
+    candidates = {"hn_file": file_identity(hn_file), "depth": depth, "skip_top": skip_top}
     return build_training_set(iter_ranked_candidates(hn_file, depth, skip_top), hn_file, tokenizer_name, qrels,
-                              queries, collection, save_to, options, params)
+                              queries, collection, save_to, options, candidates, overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +58,7 @@ def _main(argv: Sequence[str] | None) -> None:
     if args.depth < 0 or args.skip_top < 0:
         parser.error("--depth and --skip_top must not be negative")
     build_train_hn(args.tokenizer_name, args.hn_file, args.qrels, args.queries, args.collection, args.save_to,
-                   args.depth, args.skip_top, options_from_args(args))
+                   args.depth, args.skip_top, options_from_args(args), args.overwrite)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

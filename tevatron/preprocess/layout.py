@@ -8,7 +8,9 @@ or a BEIR dataset name, downloaded from the BEIR mirror.  Output (in ``out``)::
     train.query.txt   qid \\t text        dev.query.txt    (BEIR: the test split's queries)
     qrels.train.tsv   qid \\t 0 \\t pid \\t rel              qrels.dev.tsv
 
-Every file is written atomically and skipped when it already exists, so the step can be rerun.
+Every file is written atomically with a record of the source files it was made from
+(:mod:`tevatron.provenance`), so the step can be rerun: a file is rewritten only when its sources
+changed (or with ``--overwrite``).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from tevatron.cli import CommandError, command
 from tevatron.files import InputError, atomic_output
 from tevatron.text_formats import iter_collection, iter_tsv, read_qrels, read_queries, write_qrels, write_tsv
 from tevatron.preprocess.common import check_id, real_title, tsv_safe
+from tevatron.provenance import file_identity, read_file_record, up_to_date, write_file_record
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +81,25 @@ def _first_existing(folder: Path, names: Sequence[str]) -> Path | None:
 
 
 # --------------------------------------------------------------------------- writing helpers
-def _write_unless_present(path: Path, write: Callable[[Path], None], overwrite: bool) -> bool:
-    """Run ``write(path)`` unless a finished ``path`` is already there (atomic writes make it finished)."""
-    if path.is_file() and not overwrite:
-        logger.info("%s exists; skipped", path)
+def sources_record(*sources: Path | None) -> dict:
+    """The provenance record of a normalised file: the identities of the source files it is made from."""
+    return {"sources": [file_identity(source) if source is not None else None for source in sources]}
+
+
+def _is_own_source(path: Path, sources: dict) -> bool:
+    """A source folder that is also the output folder holds files that are their own source."""
+    return any(source is not None and source["path"] == str(path.resolve()) for source in sources["sources"])
+
+
+def _write_unless_current(path: Path, write: Callable[[Path], None], sources: dict, overwrite: bool) -> bool:
+    """Run ``write(path)`` unless ``path`` was already written from the very same ``sources``."""
+    if _is_own_source(path, sources):
+        logger.info("%s is its own source; kept", path)
+        return False
+    if up_to_date(path, sources, read_file_record, overwrite, redo="rewriting"):
         return False
     write(path)
+    write_file_record(path, sources)
     logger.info("wrote %s", path)
     return True
 
@@ -154,8 +170,9 @@ def prepare_marco(source: Path, out: Path, overwrite: bool = False) -> list[Path
     """Normalise an MS MARCO / RocketQA folder; returns the files that make up the output."""
     outputs = [out / CORPUS_FILE]
     text_path = _marco_passage_file(source)
-    _write_unless_present(out / CORPUS_FILE, lambda p: _write_corpus(p, _marco_passages(text_path), text_path),
-                          overwrite)
+    title_path = None if text_path.name == CORPUS_FILE else _first_existing(text_path.parent, MARCO_TITLE_FILES)
+    _write_unless_current(out / CORPUS_FILE, lambda p: _write_corpus(p, _marco_passages(text_path), text_path),
+                          sources_record(text_path, title_path), overwrite)
     pairs = ((MARCO_TRAIN_QUERY_FILES, TRAIN_QUERIES_FILE, MARCO_TRAIN_QRELS_FILES, TRAIN_QRELS_FILE),
              (MARCO_DEV_QUERY_FILES, DEV_QUERIES_FILE, MARCO_DEV_QRELS_FILES, DEV_QRELS_FILE))
     for query_names, query_out, qrels_names, qrels_out in pairs:
@@ -165,9 +182,10 @@ def prepare_marco(source: Path, out: Path, overwrite: bool = False) -> list[Path
             logger.warning("%s: no %s / %s pair; %s and %s not written", source, query_names[0], qrels_names[0],
                            query_out, qrels_out)
             continue
-        _write_unless_present(out / query_out, lambda p, q=query_path: _write_queries(p, read_queries(q), q),
-                              overwrite)
-        _write_unless_present(out / qrels_out, lambda p, q=qrels_path: write_qrels(p, read_qrels(q)), overwrite)
+        _write_unless_current(out / query_out, lambda p, q=query_path: _write_queries(p, read_queries(q), q),
+                              sources_record(query_path), overwrite)
+        _write_unless_current(out / qrels_out, lambda p, q=qrels_path: write_qrels(p, read_qrels(q)),
+                              sources_record(qrels_path), overwrite)
         outputs += [out / query_out, out / qrels_out]
     if len(outputs) == 1:
         raise CommandError(f"{source}: found a corpus but no queries with qrels")
@@ -192,10 +210,8 @@ def prepare_beir(source: Path, out: Path, overwrite: bool = False) -> list[Path]
             raise CommandError(f"{source}: BEIR folder without {required}")
     outputs = [out / CORPUS_FILE]
     corpus_path = source / "corpus.jsonl"
-    _write_unless_present(
-        out / CORPUS_FILE,
-        lambda p: _write_corpus(p, iter_collection(corpus_path), corpus_path),
-        overwrite)
+    _write_unless_current(out / CORPUS_FILE, lambda p: _write_corpus(p, iter_collection(corpus_path), corpus_path),
+                          sources_record(corpus_path), overwrite)
     queries: dict[str, str] | None = None
     for split, query_out, qrels_out in (("train", TRAIN_QUERIES_FILE, TRAIN_QRELS_FILE),
                                         ("test", DEV_QUERIES_FILE, DEV_QRELS_FILE)):
@@ -204,16 +220,19 @@ def prepare_beir(source: Path, out: Path, overwrite: bool = False) -> list[Path]
             logger.warning("%s: no qrels/%s.tsv; %s and %s not written", source, split, query_out, qrels_out)
             continue
         outputs += [out / query_out, out / qrels_out]
-        if (out / query_out).is_file() and (out / qrels_out).is_file() and not overwrite:
-            logger.info("%s and %s exist; skipped", out / query_out, out / qrels_out)
-            continue
-        qrels = read_qrels(split_path)
-        if queries is None:
-            queries = read_queries(source / "queries.jsonl")
-        split_queries = _split_queries(queries, qrels, split_path)
-        _write_unless_present(out / query_out, lambda p: _write_queries(p, split_queries, source / "queries.jsonl"),
+        query_sources = sources_record(source / "queries.jsonl", split_path)
+        qrels_sources = sources_record(split_path)
+
+        def write_split_queries(path: Path, split_path=split_path) -> None:
+            nonlocal queries
+            if queries is None:
+                queries = read_queries(source / "queries.jsonl")
+            _write_queries(path, _split_queries(queries, read_qrels(split_path), split_path),
+                           source / "queries.jsonl")
+
+        _write_unless_current(out / query_out, write_split_queries, query_sources, overwrite)
+        _write_unless_current(out / qrels_out, lambda p, q=split_path: write_qrels(p, read_qrels(q)), qrels_sources,
                               overwrite)
-        _write_unless_present(out / qrels_out, lambda p: write_qrels(p, qrels), overwrite)
     if len(outputs) == 1:
         raise CommandError(f"{source}: BEIR folder without qrels/train.tsv or qrels/test.tsv")
     return outputs

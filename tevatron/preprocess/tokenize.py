@@ -4,6 +4,10 @@ Token ids carry no special tokens (the model adds [CLS]/[SEP]); passages are ``t
 Tevatron.  The corpus is cut into contiguous row ranges (``split00.json`` ...), each streamed, tokenised
 in batches by the fast tokenizer in its own process and written atomically, so an interrupted run
 resumes where it stopped.
+
+Outputs record what they were made from (tokenizer, input file, max length, splits): the corpus
+folder in its ``.complete`` record, a query file in its sidecar record (:mod:`tevatron.provenance`).
+A re-run reuses an output only when that record is unchanged.
 """
 from __future__ import annotations
 
@@ -19,8 +23,9 @@ from tqdm import tqdm
 from tevatron.cli import CommandError, command
 from tevatron.files import InputError, atomic_text_writer
 from tevatron.text_formats import count_data_lines, iter_collection, read_queries, write_jsonl
-from tevatron.preprocess.common import (file_signature, finish_directory_output, real_title,
-                                        start_directory_output)
+from tevatron.preprocess.common import real_title
+from tevatron.provenance import (begin_folder_output, file_identity, finish_folder_output, folder_up_to_date,
+                                 model_identity, read_file_record, up_to_date, write_file_record)
 from tevatron.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -69,13 +74,15 @@ def tokenize_queries(tokenizer_name: str, query_file, save_to, q_max_len: int = 
                      batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False) -> int:
     """Write ``save_to`` (JSON lines) for every query of ``query_file``; returns how many."""
     save_to = Path(save_to)
-    if save_to.is_file() and not overwrite:
-        logger.info("%s exists; skipped", save_to)
+    provenance = {"tokenizer": model_identity(tokenizer_name), "queries": file_identity(query_file),
+                  "q_max_len": q_max_len}
+    if up_to_date(save_to, provenance, read_file_record, overwrite, redo="re-tokenizing"):
         return 0
     queries = read_queries(query_file)
     tokenizer = load_tokenizer(tokenizer_name)
     records = tqdm(queries.items(), total=len(queries), desc=f"tokenize {Path(query_file).name}", mininterval=5)
     write_jsonl(save_to, iter_tokenized(tokenizer, records, q_max_len, batch_size))
+    write_file_record(save_to, provenance)
     logger.info("wrote %d tokenized queries to %s", len(queries), save_to)
     return len(queries)
 
@@ -139,8 +146,10 @@ def _run_jobs(jobs: list[dict], num_workers: int) -> Iterator[tuple[int, int]]:
 
 
 def tokenize_passages(tokenizer_name: str, corpus_file, save_to, n_splits: int = 10, p_max_len: int = 128,
-                      num_workers: int = 2, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Path]:
-    """Write the corpus as ``split00.json`` ... in ``save_to``; finished splits of an earlier run are kept."""
+                      num_workers: int = 2, batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False
+                      ) -> list[Path]:
+    """Write the corpus as ``split00.json`` ... in ``save_to``; splits finished by an interrupted run
+    from the same tokenizer, corpus and arguments are kept."""
     corpus_file, save_to = Path(corpus_file), Path(save_to)
     n_rows = count_data_lines(corpus_file)
     if n_rows == 0:
@@ -148,12 +157,12 @@ def tokenize_passages(tokenizer_name: str, corpus_file, save_to, n_splits: int =
     if n_splits > n_rows:
         logger.warning("%d splits requested for %d passages; using %d", n_splits, n_rows, n_rows)
         n_splits = n_rows
-    params = {"tokenizer": tokenizer_name, "corpus": file_signature(corpus_file), "rows": n_rows,
-              "n_splits": n_splits, "p_max_len": p_max_len}
+    provenance = {"tokenizer": model_identity(tokenizer_name), "corpus": file_identity(corpus_file), "rows": n_rows,
+                  "n_splits": n_splits, "p_max_len": p_max_len}
     paths = [split_path(save_to, index) for index in range(n_splits)]
-    if start_directory_output(save_to, params, SPLIT_GLOB):
-        logger.info("%s is complete; skipped", save_to)
+    if folder_up_to_date(save_to, provenance, overwrite, redo="re-tokenizing"):
         return paths
+    begin_folder_output(save_to, provenance, SPLIT_GLOB, keep_finished=not overwrite)
     tokenizer = load_tokenizer(tokenizer_name)
     jobs = [{"index": index, "start": start, "stop": stop, "path": str(paths[index]), "corpus": str(corpus_file),
              "tokenizer": tokenizer, "p_max_len": p_max_len, "batch_size": batch_size}
@@ -165,7 +174,7 @@ def tokenize_passages(tokenizer_name: str, corpus_file, save_to, n_splits: int =
         for index, count in _run_jobs(jobs, num_workers):
             progress.update(count)
             logger.info("wrote %s (%d passages)", paths[index], count)
-    finish_directory_output(save_to, params, {"splits": n_splits, "passages": n_rows})
+    finish_folder_output(save_to, provenance, {"splits": n_splits, "passages": n_rows})
     return paths
 
 
@@ -190,6 +199,7 @@ def build_passages_parser() -> argparse.ArgumentParser:
     parser.add_argument("--p_max_len", type=int, default=128)
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--overwrite", action="store_true", help="rebuild even if the folder is up to date")
     return parser
 
 
@@ -202,7 +212,7 @@ def _queries_main(argv: Sequence[str] | None) -> None:
 def _passages_main(argv: Sequence[str] | None) -> None:
     args = build_passages_parser().parse_args(argv)
     tokenize_passages(args.tokenizer_name, args.file, args.save_to, args.n_splits, args.p_max_len,
-                      args.num_workers, args.batch_size)
+                      args.num_workers, args.batch_size, args.overwrite)
 
 
 def queries_main(argv: Sequence[str] | None = None) -> int:
