@@ -246,12 +246,13 @@ EDGE_CASES = [
     ("iter_collection_jsonl", b"1" * 5000 + b"\n", Rejected(1, "malformed JSON")),
     ("read_encode_records", b'{"text_id": 1, "text": [' + b"9" * 5000 + b"]}\n", Rejected(1, "malformed JSON")),
     ("read_qrels", b"q\t0\tp\tinf\n",                          # int(float("inf")): OverflowError
-     Rejected(1, "relevance 'inf' is not a number")),
-    ("read_qrels", b"q\t0\tp\tnan\n", Rejected(1, "relevance 'nan' is not a number")),
-    ("read_qrels", b"q 0 p 1e999\n", Rejected(1, "relevance '1e999' is not a number")),
+     Rejected(1, "relevance 'inf' is not a finite number")),
+    ("read_qrels", b"q\t0\tp\tnan\n", Rejected(1, "relevance 'nan' is not a finite number")),
+    ("read_qrels", b"q 0 p 1e999\n", Rejected(1, "relevance '1e999' is not a finite number")),
     ("read_qrels", b"", Rejected(None, "no relevance judgements found")),
-    ("read_run_trec", b"q Q0 p 1 nan run\nq Q0 p 2 1 run\n",  # the same passage twice
+    ("read_run_trec", b"q Q0 p 1 1.5 run\nq Q0 p 2 1 run\n",  # the same passage twice
      Rejected(2, "passage p listed twice for query q")),
+    ("read_run_trec", b"q Q0 p 1 nan run\n", Rejected(1, "score 'nan' is not a finite number")),
     ("read_queries_tsv", b"\xff\xfeq\tx\n", Rejected(1, "not valid UTF-8")),
     ("iter_collection_tsv", b"p\tx\n\xc3\n",                   # truncated UTF-8 on line 2
      Rejected(2, "not valid UTF-8")),
