@@ -260,7 +260,7 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_ber
 
 
 def test_unfinished_checkpoints_are_skipped_and_removed(tmp_path):
-    from tevatron.driver.train import _checkpoint_to_resume
+    from tevatron.trainer import checkpoint_to_resume
     from tevatron.files import InputError
 
     def checkpoint(out: Path, step: int, state: str | None) -> Path:
@@ -276,15 +276,15 @@ def test_unfinished_checkpoints_are_skipped_and_removed(tmp_path):
     checkpoint(out, 4, None)                                   # killed before trainer_state.json
     checkpoint(out, 6, json.dumps({"global_step": 6})[:7])     # killed while writing it
     checkpoint(out, 8, json.dumps({"global_step": 7}))         # not this checkpoint's state
-    assert _checkpoint_to_resume(str(out)) == str(done)
+    assert checkpoint_to_resume(str(out)) == str(done)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2"]
 
     only_unfinished = tmp_path / "fresh"
     checkpoint(only_unfinished, 2, None)
-    assert _checkpoint_to_resume(str(only_unfinished)) is None and not any(only_unfinished.iterdir())
+    assert checkpoint_to_resume(str(only_unfinished)) is None and not any(only_unfinished.iterdir())
 
     other = tmp_path / "other"
     checkpoint(other, 2, None)
     (other / "notes.txt").write_text("mine")
     with pytest.raises(InputError):
-        _checkpoint_to_resume(str(other))
+        checkpoint_to_resume(str(other))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .loss import contrastive_loss
+from .provenance import new_model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -64,28 +65,45 @@ def saved_pooling(model_dir) -> str | None:
     return json.loads(path.read_text()).get("pooling") if path.is_file() else None
 
 
-def resolve_pooling(requested: str, model_dir) -> str:
-    """``auto`` follows the pooling a model was trained with here (``tevatron_config.json``, e.g. stage 2
-    starting from the stage-1 model), else a sentence-transformers pooling config, else cls; an explicit
-    choice wins."""
+def planned_pooling(requested: str | None, model_dir, follow_saved: bool = False) -> str:
+    """The pooling a model will be built (``follow_saved=False``) or loaded (``True``) with, without logging.
+
+    ``requested`` is --pooling (None: not given, cls).  ``auto`` follows the pooling a model was trained
+    with here (``tevatron_config.json``), else a sentence-transformers pooling config, else cls; loading
+    a model saved by this toolkit always uses its saved pooling."""
+    is_dir = bool(model_dir) and Path(model_dir).is_dir()
+    trained = saved_pooling(model_dir) if is_dir else None
+    if trained and (follow_saved or requested == "auto"):
+        return trained
+    if requested == "auto":
+        return (sentence_transformers_pooling(model_dir) if is_dir else None) or "cls"
+    return requested or "cls"
+
+
+def pooling_flag(requested: str | None) -> str:
+    """How a message names the --pooling choice: ``--pooling mean as asked`` or ``--pooling cls (default)``."""
+    return f"--pooling {requested} as asked" if requested else "--pooling cls (default)"
+
+
+def resolve_pooling(requested: str | None, model_dir) -> str:
+    """:func:`planned_pooling` for a model about to be built for training, saying in the log where the
+    choice came from (``auto`` follows the pooling of a model trained here, e.g. stage 2 starting from
+    the stage-1 model, else a sentence-transformers pooling config, else cls; an explicit choice wins)."""
+    pooling = planned_pooling(requested, model_dir)
     is_dir = bool(model_dir) and Path(model_dir).is_dir()
     trained = saved_pooling(model_dir) if is_dir else None
     if trained:
         if requested == "auto":
             logger.info("%s was trained with %s pooling; --pooling auto follows it", model_dir, trained)
-            return trained
-        if requested != trained:
-            logger.warning("%s was trained with %s pooling; continuing with --pooling %s as asked", model_dir,
-                           trained, requested)
-        return requested
+        elif pooling != trained:
+            logger.warning("%s was trained with %s pooling; continuing with %s", model_dir, trained,
+                           pooling_flag(requested))
+        return pooling
     found = sentence_transformers_pooling(model_dir) if is_dir else None
     if found:
         logger.info("%s has a sentence-transformers pooling config (%s pooling)%s", model_dir, found,
-                    "; --pooling auto follows it" if requested == "auto"
-                    else f"; using --pooling {requested} as asked")
-    if requested == "auto":
-        return found or "cls"
-    return requested
+                    "; --pooling auto follows it" if requested == "auto" else f"; using {pooling_flag(requested)}")
+    return pooling
 
 
 class LinearPooler(nn.Module):
@@ -300,7 +318,7 @@ class DenseModel(nn.Module):
             saved = json.loads((path / TEVATRON_CONFIG).read_text())
         config = DenseConfig(**{k: v for k, v in saved.items() if k in DenseConfig.__dataclass_fields__})
         if not saved:  # a plain language model: take the caller's choices
-            config.pooling = resolve_pooling(pooling or "cls", model_name_or_path)
+            config.pooling = resolve_pooling(pooling, model_name_or_path)
             config.normalize = bool(normalize)
             if pooling == "auto" and not normalize and path.is_dir() and sentence_transformers_normalizes(path):
                 # the model as published: sentence-transformers normalises its vectors (cosine)
@@ -346,7 +364,9 @@ class DenseModel(nn.Module):
             if self.pooler is not None:
                 from safetensors.torch import save_file
                 save_file(self.pooler.state_dict_to_save(), str(staging / POOLER_WEIGHTS))
-            (staging / TEVATRON_CONFIG).write_text(json.dumps(asdict(self.dense_config), indent=2) + "\n")
+            # a fresh fingerprint at every save: outputs made with an earlier model are then seen as stale
+            saved = {**asdict(self.dense_config), "fingerprint": new_model_fingerprint()}
+            (staging / TEVATRON_CONFIG).write_text(json.dumps(saved, indent=2) + "\n")
 
     def load_weights_from(self, checkpoint_dir) -> None:
         """Load weights saved by :meth:`save` into this model in place (used to resume training)."""
