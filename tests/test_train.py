@@ -455,3 +455,31 @@ def test_every_save_writes_a_fresh_fingerprint(tiny_bert_dir, tmp_path):
     model.save(tmp_path / "a")
     assert model_identity(tmp_path / "a") != first and set(first) == {"fingerprint"}
     assert DenseModel.load(tmp_path / "a").dense_config.pooling == "cls"
+
+
+@pytest.mark.slow
+def test_a_short_run_writes_no_checkpoint_it_does_not_need(tmp_path, tiny_bert_dir):
+    """--save_steps beyond the run: HF would still save a full checkpoint (weights and optimizer) at the last
+    step; only the model is written.  A checkpoint within the run is written, and removed at the end."""
+    long = _train(tmp_path, tiny_bert_dir, tmp_path / "long", "--max_steps", 10, "--save_steps", 20000)
+    assert long.returncode == 0, long.stderr[-2000:]
+    assert long.stderr.count("saving model to") == 1 and "checkpoint-" not in long.stderr
+    assert not list((tmp_path / "long").glob("checkpoint-*")) and (tmp_path / "long" / ".complete").is_file()
+    within = _train(tmp_path, tiny_bert_dir, tmp_path / "within", "--max_steps", 10, "--save_steps", 5)
+    assert within.returncode == 0, within.stderr[-2000:]
+    assert f"saving model to {tmp_path / 'within' / 'checkpoint-5'}" in within.stderr
+    assert "checkpoint-10" not in within.stderr and within.stderr.count("saving model to") == 2
+    assert not list((tmp_path / "within").glob("checkpoint-*"))
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_training_in_one_line(tmp_path, tiny_bert_dir):
+    """A temperature so small that the scores overflow: HF alone would train on to a model of NaNs."""
+    out = tmp_path / "out"
+    result = _train(tmp_path, tiny_bert_dir, out, "--max_steps", 5, "--temperature", 1e-45)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert error_lines(result.stderr) == [
+        "error: the training loss at step 1 is nan (not finite); stopping before it spoils the model (check "
+        "--temperature and --learning_rate, or train without --fp16)"]
+    assert "Traceback" not in result.stderr
+    assert not (out / "model.safetensors").exists() and not (out / ".complete").exists()

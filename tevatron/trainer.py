@@ -19,6 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from . import provenance
+from .cli import CommandError
 from .data import list_data_files
 from .files import InputError, atomic_text_writer, staged_files
 from .gradcache import grad_cache_step
@@ -27,6 +28,9 @@ from .modeling import planned_pooling
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")  # transformers' PREFIX_CHECKPOINT_DIR-<step>
+# Written into a checkpoint folder last, once every file in it is on disk: the checkpoint's step, the
+# size of each file (so a file cut by a crash is seen) and the run's provenance.
+CHECKPOINT_MARKER = "checkpoint_complete.json"
 
 # TrainingArguments that change the trained weights.  Left out as result-neutral: --grad_cache and its
 # chunk sizes (the same gradients, up to float rounding), --gradient_checkpointing, --cpu_linear, and
@@ -48,17 +52,51 @@ class _EpochToDataset(TrainerCallback):
         self.dataset.set_epoch(int(state.epoch or 0))
 
 
+class _NoCheckpointAtTheEnd(TrainerCallback):
+    """HF saves a checkpoint (weights, optimizer: three times the model) at the last step; the driver saves
+    the model right after and a finished run needs no resume state, so that checkpoint is not written."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+
+    on_epoch_end = on_step_end
+
+
 class TevatronTrainer(Trainer):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, run_provenance: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.run_provenance = run_provenance  # recorded in each checkpoint: a resume must be the same run
         if hasattr(self.train_dataset, "set_epoch"):
             self.add_callback(_EpochToDataset(self.train_dataset))
+        self.add_callback(_NoCheckpointAtTheEnd())  # after HF's DefaultFlowCallback, so it has the last word
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(query=inputs["query"], passage=inputs["passage"])
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = self._training_step(model, inputs, num_items_in_batch)
+        self._stop_unless_finite(loss)
+        return loss
+
+    def _stop_unless_finite(self, loss: torch.Tensor) -> None:
+        """End training at the first non-finite loss, before the optimizer steps on its gradients.
+
+        HF only leaves such a loss out of the logged average and trains on, to a model of NaNs that every
+        later stage would use.  Under DDP every process learns of it, so none waits for the others."""
+        import torch.distributed as dist
+
+        bad = (~torch.isfinite(loss.detach())).any().to(torch.float32)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item():
+            value = loss.detach().float().sum().item()
+            raise CommandError(f"the training loss at step {self.state.global_step + 1} is {value} (not finite); "
+                               "stopping before it spoils the model (check --temperature and --learning_rate, "
+                               "or train without --fp16)")
+
+    def _training_step(self, model, inputs, num_items_in_batch=None):
         if not self.args.grad_cache:
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
@@ -84,6 +122,13 @@ class TevatronTrainer(Trainer):
         # arguments as JSON, not a pickle: nothing in this toolkit loads pickles
         with atomic_text_writer(os.path.join(output_dir, "training_args.json")) as handle:
             json.dump(json.loads(self.args.to_json_string()), handle, indent=2)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every process has written its part (its RNG state)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            mark_checkpoint_complete(folder, self.state.global_step, self.run_provenance)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = self.accelerator.unwrap_model(model or self.model)
@@ -174,39 +219,90 @@ def remove_checkpoints(output_dir) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def checkpoint_is_complete(path) -> bool:
-    """True when the Trainer finished saving checkpoint ``path``.
+def _checkpoint_files(folder) -> dict[str, int]:
+    found = {}
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, folder)] = os.path.getsize(path)
+    found.pop(CHECKPOINT_MARKER, None)
+    return found
 
-    ``Trainer._save_checkpoint`` writes ``trainer_state.json`` last (after weights, optimizer, scheduler
-    and RNG states), and not atomically, so a checkpoint is finished only when that file parses and
-    names the checkpoint's own step; a run killed while saving leaves a folder without it, or cut."""
+
+def mark_checkpoint_complete(folder, step: int, run_provenance: dict | None) -> None:
+    """Write ``CHECKPOINT_MARKER`` into a checkpoint HF has finished saving, after flushing its files to
+    disk, so that a crash can leave a checkpoint without the marker but never a marked one that is cut."""
+    files = _checkpoint_files(folder)
+    for name in files:
+        with open(os.path.join(folder, name), "rb") as handle:
+            os.fsync(handle.fileno())
+    with atomic_text_writer(os.path.join(folder, CHECKPOINT_MARKER)) as out:
+        json.dump({"step": step, "files": files, "provenance": run_provenance}, out, indent=1, sort_keys=True)
+
+
+def _read_marker(folder) -> dict | None:
     try:
-        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as handle:
-            state = json.load(handle)
+        with open(os.path.join(folder, CHECKPOINT_MARKER), encoding="utf-8") as handle:
+            marker = json.load(handle)
     except (OSError, ValueError):
-        return False
-    step = _CHECKPOINT_NAME.fullmatch(os.path.basename(os.path.normpath(path)))
-    return isinstance(state, dict) and step is not None and state.get("global_step") == int(step.group(1))
+        return None
+    return marker if isinstance(marker, dict) and isinstance(marker.get("files"), dict) else None
 
 
-def checkpoint_to_resume(output_dir) -> str | None:
-    """The last finished checkpoint of an interrupted run in ``output_dir``; refuse other non-empty folders.
+def checkpoint_problem(folder) -> str | None:
+    """Why checkpoint ``folder`` cannot be resumed from (None: it is complete).
 
-    Unfinished checkpoints (the run was killed while saving them) are removed, so that neither this
-    resume nor the checkpoint rotation of the resumed run ever reads one."""
+    HF writes a checkpoint's files one after the other and not atomically; only :func:`mark_checkpoint_complete`
+    says it finished, and the sizes it recorded show a file cut later (a crash before the disk caught up)."""
+    marker = _read_marker(folder)
+    if marker is None:
+        return "unfinished (no completion marker: the run was interrupted while saving it)"
+    step = _CHECKPOINT_NAME.fullmatch(os.path.basename(os.path.normpath(folder)))
+    if step is None or marker.get("step") != int(step.group(1)):
+        return f"its completion marker is for step {marker.get('step')}, not this checkpoint's"
+    for name, size in sorted(marker["files"].items()):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        if os.path.getsize(path) != size:
+            return f"{name} is cut ({os.path.getsize(path)} of {size} bytes)"
+    return None
+
+
+def checkpoint_is_complete(folder) -> bool:
+    return checkpoint_problem(folder) is None
+
+
+def checkpoint_to_resume(output_dir, wanted: dict | None = None, remove_broken: bool = True) -> str | None:
+    """The newest complete checkpoint of an interrupted run in ``output_dir``; refuse other non-empty folders.
+
+    Newer checkpoints that are unfinished or cut (the run was killed while saving, or a crash cut a file)
+    are passed over with a warning and removed (``remove_broken``), so that neither this resume nor the
+    checkpoint rotation of the resumed run reads one.  A checkpoint of a run with other inputs or
+    arguments (``wanted``) is refused: resuming it would mix two runs."""
     if not os.path.isdir(output_dir) or not os.listdir(output_dir):
         return None
     steps = checkpoint_folders(output_dir)
-    complete = [path for path in steps if checkpoint_is_complete(path)]
-    for path in sorted(set(steps) - set(complete), key=steps.get):
-        logger.warning("removing %s: unfinished (the run was interrupted while saving it)", path)
-        shutil.rmtree(path, ignore_errors=True)
-    if not complete:
+    last = None
+    for path in sorted(steps, key=steps.get, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            last = path
+            break
+        logger.warning("%s: %s; %s", path, problem, "removing it" if remove_broken else "passing it over")
+        if remove_broken:
+            shutil.rmtree(path, ignore_errors=True)
+    if last is None:
         if not os.listdir(output_dir):
             return None  # only unfinished checkpoints were there: start afresh
         raise InputError(output_dir, "output directory is not empty and holds no checkpoint; "
                          "use --overwrite_output_dir to train into it")
-    last = max(complete, key=steps.get)
+    recorded = (_read_marker(last) or {}).get("provenance")
+    if wanted is not None and recorded is not None and recorded != wanted:
+        logger.info("%s differs from this run: %s", last, "; ".join(provenance.differences(recorded, wanted)))
+        raise InputError(output_dir, f"holds checkpoints of an interrupted run with {_what_differs(recorded, wanted)} "
+                         f"({describe_differences(recorded, wanted)}); use --overwrite_output_dir to start afresh, "
+                         "or another --output_dir")
     logger.info("resuming the interrupted run from %s", last)
     return last
 
@@ -238,7 +334,17 @@ def prepare_output_dir(training_args, wanted: dict) -> bool:
                          "into it, or another --output_dir")
     if training_args.resume_from_checkpoint is None:
         with training_args.main_process_first(desc="checking the output directory"):
-            training_args.resume_from_checkpoint = checkpoint_to_resume(output_dir)
+            training_args.resume_from_checkpoint = checkpoint_to_resume(output_dir, wanted,
+                                                                        training_args.should_save)
+    elif isinstance(training_args.resume_from_checkpoint, str):
+        problem = checkpoint_problem(training_args.resume_from_checkpoint)
+        if problem is not None:
+            raise InputError(training_args.resume_from_checkpoint, f"cannot resume from it: {problem}")
+        recorded = (_read_marker(training_args.resume_from_checkpoint) or {}).get("provenance")
+        if recorded is not None and recorded != wanted:
+            logger.warning("resuming from %s, saved by a run with %s (%s), as --resume_from_checkpoint asks",
+                           training_args.resume_from_checkpoint, _what_differs(recorded, wanted),
+                           describe_differences(recorded, wanted))
     return True
 
 

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
                              p_max_len=model.fit_max_len(data_args.p_max_len, "--p_max_len"))
 
     trainer = TevatronTrainer(model=model, args=training_args, train_dataset=train_dataset,
-                              data_collator=collator, processing_class=tokenizer)
+                              data_collator=collator, processing_class=tokenizer, run_provenance=wanted)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()  # TevatronTrainer._save writes the tokenizer beside the weights
     finish_output_dir(training_args.output_dir, wanted, trainer)
