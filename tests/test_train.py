@@ -483,3 +483,54 @@ def test_a_non_finite_loss_stops_training_in_one_line(tmp_path, tiny_bert_dir):
         "--temperature and --learning_rate, or train without --fp16)"]
     assert "Traceback" not in result.stderr
     assert not (out / "model.safetensors").exists() and not (out / ".complete").exists()
+
+
+# ----------------------------------------------------------------------------- model folder checks
+def test_pooling_messages_say_whether_pooling_was_asked_for(tiny_bert_dir, tmp_path, caplog):
+    build_model(tiny_bert_dir, pooling="mean").save(tmp_path / "stage1")
+    with caplog.at_level("WARNING"):
+        assert build_model(tmp_path / "stage1").dense_config.pooling == "cls"
+    assert "was trained with mean pooling; continuing with --pooling cls (default)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        build_model(tmp_path / "stage1", pooling="cls")
+    assert "continuing with --pooling cls as asked" in caplog.text
+
+
+def test_model_folder_checks(tiny_bert_dir, tmp_path):
+    from transformers import GPT2Config
+    from tevatron.modeling import check_model_folder
+
+    def refused(path, **overrides) -> str:
+        args = ModelArguments(model_name_or_path=str(path), **overrides)
+        with pytest.raises(InputError) as err:
+            check_model_folder(path, args)
+        return str(err.value)
+
+    check_model_folder(tiny_bert_dir, ModelArguments(model_name_or_path=str(tiny_bert_dir)))
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(tmp_path / "gpt")
+    check_model_folder(tmp_path / "gpt", ModelArguments(model_name_or_path=str(tmp_path / "gpt"), pooling="mean"))
+    assert "with --pooling auto (cls here) every text would get the same vector" in refused(tmp_path / "gpt",
+                                                                                           pooling="auto")
+    assert "with --pooling cls every text" in refused(tmp_path / "gpt", pooling="cls")
+
+    build_model(tiny_bert_dir, untie_encoder=True).save(tmp_path / "untied")
+    check_model_folder(tmp_path / "untied")
+    (tmp_path / "untied" / "passage_model" / "config.json").unlink()
+    assert refused(tmp_path / "untied") == f"{tmp_path / 'untied' / 'passage_model'}: no config.json: not a " \
+                                           "Hugging Face model folder"
+
+    (tmp_path / "a_file").write_text("x")
+    assert refused(tmp_path / "a_file").endswith("a_file: not a model folder (it is a file)")
+    (tmp_path / "blip").mkdir()
+    (tmp_path / "blip" / "config.json").write_text('{"model_type": "blip_text_model"}')
+    assert refused(tmp_path / "blip").endswith("blip: model type 'blip_text_model' has no model class AutoModel "
+                                               "can load")
+
+    known_type = tmp_path / "bert_with_code"
+    known_type.mkdir()
+    config = json.loads((Path(tiny_bert_dir) / "config.json").read_text())
+    (known_type / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "code.Model"}}))
+    assert "its auto_map maps AutoModel to Python code" in refused(known_type)
+    with pytest.raises(InputError, match="auto_map maps AutoModel"):
+        load_tokenizer(str(known_type))

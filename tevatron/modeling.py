@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .files import InputError
 from .loss import contrastive_loss
 from .provenance import new_model_fingerprint
+from .tokenization import refuse_untrusted_code
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,93 @@ def resolve_pooling(requested: str | None, model_dir) -> str:
         logger.info("%s has a sentence-transformers pooling config (%s pooling)%s", model_dir, found,
                     "; --pooling auto follows it" if requested == "auto" else f"; using {pooling_flag(requested)}")
     return pooling
+
+
+# --------------------------------------------------------------------------- model folder checks
+# A hub id is NAME or OWNER/NAME; anything else that does not exist was meant as a local folder.
+_LOCAL_PATH = re.compile(r"^(/|~|\.{1,2}(/|$))|/.*/|/$|\\")
+DECODER_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+
+
+def _is_decoder_only(config) -> bool:
+    """Whether a config is a causal (left-to-right) language model, whose first token sees only itself."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
+
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    if getattr(config, "is_decoder", False):
+        return True
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        return any(str(name).endswith(DECODER_ARCHITECTURES) for name in architectures)
+    return type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and type(config) not in MODEL_FOR_MASKED_LM_MAPPING
+
+
+def _load_config_or_refuse(source, trust: bool, cache_dir):
+    from transformers import AutoConfig, __version__
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config_file = Path(source) / "config.json"
+    if config_file.is_file():
+        refuse_untrusted_code(config_file, trust)
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
+        model_type = saved.get("model_type") if isinstance(saved, dict) else None
+        if isinstance(model_type, str) and model_type not in CONFIG_MAPPING and not trust:
+            raise InputError(config_file, f"model type {model_type!r} is not one transformers {__version__} "
+                             "can load")
+    try:
+        return AutoConfig.from_pretrained(str(source), cache_dir=cache_dir, trust_remote_code=trust)
+    except (OSError, ValueError, KeyError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(source, f"cannot load its model config ({reason})") from None
+
+
+def check_model_folder(name_or_path, model_args=None, for_encoding: bool = False) -> None:
+    """Refuse a model that cannot be used, in one line naming the folder and what is wrong, before any
+    weights load: a missing or empty folder, one without ``config.json``, a model type transformers cannot
+    load as an encoder, Python code it would run (``auto_map``) without ``--trust_remote_code``, and a
+    decoder-only model with CLS pooling (every text would get the same first-token vector).
+
+    ``for_encoding``: the model is loaded to encode, so a pooling saved with it wins over --pooling."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    trust = bool(getattr(model_args, "trust_remote_code", False))
+    cache_dir = getattr(model_args, "cache_dir", None)
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(name, "not a model folder (it is a file)")
+        if not any(path.iterdir()):
+            raise InputError(name, "empty folder, not a model (no config.json)")
+        folders = [path / QUERY_MODEL_DIR, path / PASSAGE_MODEL_DIR] if (path / QUERY_MODEL_DIR).is_dir() else [path]
+        for folder in folders:
+            if not (folder / "config.json").is_file():
+                raise InputError(folder, "no config.json: not a Hugging Face model folder")
+    elif _LOCAL_PATH.search(name):
+        raise InputError(name, "no such model folder")
+    else:
+        folders = [name]  # a hub id
+    config_name = getattr(model_args, "config_name", None)
+    for source in ([config_name] if config_name else folders):
+        config = _load_config_or_refuse(source, trust, cache_dir)
+        custom_model = trust and "AutoModel" in (getattr(config, "auto_map", None) or {})
+        if not custom_model and type(config) not in MODEL_MAPPING:
+            raise InputError(source, f"model type {config.model_type!r} has no model class AutoModel can load")
+        if getattr(config, "is_encoder_decoder", False):
+            raise InputError(source, f"an encoder-decoder model ({config.model_type}); this toolkit needs an "
+                             "encoder (BERT-like) or a decoder with --pooling mean")
+        requested = getattr(model_args, "pooling", None)
+        pooling = planned_pooling(requested, name if path.is_dir() else None, follow_saved=for_encoding)
+        if pooling == "cls" and _is_decoder_only(config):
+            if for_encoding and path.is_dir() and saved_pooling(path):
+                chosen = "the cls pooling it was trained with"
+            else:
+                chosen = {None: "--pooling cls (default)", "auto": "--pooling auto (cls here)"}.get(requested,
+                                                                                                   "--pooling cls")
+            kind = ", ".join(getattr(config, "architectures", None) or [config.model_type])
+            raise InputError(name, f"a decoder-only model ({kind}): with {chosen} every text would get the same "
+                             "vector (a decoder's first token sees only itself); use --pooling mean")
 
 
 class LinearPooler(nn.Module):

@@ -12,7 +12,7 @@ from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingAr
 from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups
 from tevatron.cli import command
 from tevatron.cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
-from tevatron.modeling import DenseModel
+from tevatron.modeling import DenseModel, check_model_folder
 from tevatron.tokenization import load_tokenizer
 from tevatron.trainer import (TevatronTrainer, finish_output_dir, prepare_output_dir, shutdown_distributed,
                               training_provenance)
@@ -32,6 +32,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_args(argv)
     logging.getLogger().setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)  # one process logs
+    check_model_folder(model_args.model_name_or_path, model_args)  # before anything heavy loads
     wanted = training_provenance(model_args, data_args, training_args)
     if not prepare_output_dir(training_args, wanted):
         shutdown_distributed()
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
     set_seed(training_args.seed)
 
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
-                               cache_dir=model_args.cache_dir)
+                               cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
     model = DenseModel.build(model_args, negatives_x_device=training_args.negatives_x_device)
     if training_args.device.type == "cpu":
         use_onednn_linear(model, model_args.cpu_linear)
