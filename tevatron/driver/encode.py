@@ -23,7 +23,7 @@ from tevatron.files import InputError
 from tevatron.provenance import file_identity, model_identity, up_to_date
 from tevatron.tensor_files import encodings_provenance, save_encodings
 from tevatron.cpu_kernels import use_onednn_linear
-from tevatron.modeling import DenseModel
+from tevatron.modeling import DenseModel, check_model_folder
 from tevatron.tokenization import load_tokenizer
 
 logger = logging.getLogger("tevatron.driver.encode")
@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     if not data_args.encode_in_path or not data_args.encoded_save_path:
         raise CommandError("give --encode_in_path and --encoded_save_path")
 
+    check_model_folder(model_args.model_name_or_path, model_args, for_encoding=True)
     # The model is loaded before deciding: the record holds what it resolves (pooling, max length).
     model = DenseModel.load(model_args.model_name_or_path, model_args, pooling=model_args.pooling,
                             normalize=model_args.normalize)
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
                 data_args.encode_num_shard, max_len)
 
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
-                               cache_dir=model_args.cache_dir)
+                               cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
     device = encode_args.device
     model.to(device)
     if device.type == "cpu":
