@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from tevatron.cli import command
-from tevatron.files import InputError, atomic_text_writer
+from tevatron.files import InputError, atomic_text_writer, check_output_file
 from tevatron.text_formats import iter_ranking_groups, read_qrels, read_run, write_marco_run, write_trec_run
 
 MRR_CUTOFF = 10
@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 @command
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json_path:
+        check_output_file(args.json_path)
     qrels = read_qrels(args.qrels)
     run = read_run(args.run, args.run_format)
     metrics, counts = evaluate(qrels, run), query_counts(qrels, run)

@@ -15,6 +15,37 @@ RANKING_FORMAT = "tevatron.ranking"
 FORMAT_VERSION = 1
 
 
+class _WriteErrorKeeper:
+    """A file wrapper that keeps the OSError of a failed ``write``: torch's zip writer replaces it
+    with an uninformative RuntimeError, and the errno (disk full, file too large) is what the user needs."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data):
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self):
+        self.handle.flush()
+
+
+def _save_payload(payload: dict, path) -> None:
+    """``torch.save`` into an atomic output; a failed write raises its OSError (see files.atomic_output)."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        writer = _WriteErrorKeeper(handle)
+        try:
+            torch.save(payload, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
 # --------------------------------------------------------------------------- encodings
 def save_encodings(path, reps, ids: Sequence[str]) -> None:
     """Save vectors and their string ids (torch zip format, loadable with ``weights_only=True``)."""
@@ -24,8 +55,7 @@ def save_encodings(path, reps, ids: Sequence[str]) -> None:
     if reps.ndim != 2 or reps.shape[0] != len(ids):
         raise ValueError(f"{len(ids)} ids for vectors of shape {tuple(reps.shape)}")
     payload = {"format": ENCODINGS_FORMAT, "version": FORMAT_VERSION, "reps": reps, "ids": ids}
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    _save_payload(payload, path)
 
 
 def _torch_load(path, what: str) -> dict:
@@ -75,8 +105,7 @@ def save_shard_ranking(path, query_ids: Sequence[str], passage_ids: Sequence[str
         raise ValueError("scores, indices and query ids disagree in shape")
     payload = {"format": RANKING_FORMAT, "version": FORMAT_VERSION, "query_ids": [str(q) for q in query_ids],
                "passage_ids": [str(p) for p in passage_ids], "scores": scores, "indices": indices}
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    _save_payload(payload, path)
 
 
 def load_shard_ranking(path) -> dict:

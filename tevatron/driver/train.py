@@ -11,10 +11,11 @@ import sys
 
 from transformers import HfArgumentParser, set_seed
 
+from tevatron.argument_checks import parse_dataclasses
 from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingArguments
 from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups
 from tevatron.cli import command
-from tevatron.files import InputError
+from tevatron.files import InputError, check_output_dir
 from tevatron.cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
 from tevatron.modeling import DenseModel
 from tevatron.tokenization import load_tokenizer
@@ -29,8 +30,8 @@ def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, TevatronTrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+        return parse_dataclasses(parser, json_file=os.path.abspath(argv[0]))
+    return parse_dataclasses(parser, argv)
 
 
 def checkpoint_is_complete(path) -> bool:
@@ -77,6 +78,7 @@ def _checkpoint_to_resume(output_dir) -> str | None:
 @command
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_args(argv)
+    check_output_dir(training_args.output_dir)
     logging.getLogger().setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)  # one process logs
     if training_args.resume_from_checkpoint is None and not training_args.overwrite_output_dir:
         training_args.resume_from_checkpoint = _checkpoint_to_resume(training_args.output_dir)

@@ -20,9 +20,10 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from tevatron.argument_checks import POSITIVE, check_ranges, parse_dataclasses
 from tevatron.faiss_retriever.retriever import merge_topk
 from tevatron.cli import command
-from tevatron.files import InputError
+from tevatron.files import InputError, check_output_file
 from tevatron.tensor_files import load_encodings, load_shard_ranking
 from tevatron.text_formats import write_ranking
 
@@ -39,6 +40,9 @@ class ReduceArguments:
     query: str = field(metadata={"help": "the query encodings file the shards were searched with"})
     save_ranking_to: str = field(metadata={"help": "output 'qid<TAB>pid<TAB>score' ranking"})
     depth: Optional[int] = field(default=None, metadata={"help": "results per query; unset: the shards' depth"})
+
+    def __post_init__(self):
+        check_ranges(self, {"depth": POSITIVE})
 
 
 @dataclass
@@ -182,16 +186,14 @@ def run_reduce(args: ReduceArguments) -> None:
 def parse_arguments(argv: Sequence[str] | None) -> ReduceArguments:
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(ReduceArguments)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    if args.depth is not None and args.depth < 1:
-        parser.error("--depth must be positive")
+    (args,) = parse_dataclasses(HfArgumentParser(ReduceArguments), argv)
     return args
 
 
 @command
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
+    check_output_file(args.save_ranking_to)
     run_reduce(args)
     return 0
 
