@@ -17,7 +17,10 @@ logger = logging.getLogger(__name__)
 
 MODEL_BOUNDS = {"projection_in_dim": POSITIVE, "projection_out_dim": POSITIVE, "temperature": above(0)}
 # q_max_len 0 encodes every text as the same [CLS] [SEP]: one identical vector for all of them.
-DATA_BOUNDS = {"train_n_passages": Bound(lambda n: n >= 1, "must be at least 1 (the positive)"),
+# Passages per query per step: beyond a few thousand a step cannot fit any memory (and sampling them hangs).
+MAX_TRAIN_PASSAGES = 4096
+DATA_BOUNDS = {"train_n_passages": Bound(lambda n: 1 <= n <= MAX_TRAIN_PASSAGES,
+                                         f"must be between 1 (the positive) and {MAX_TRAIN_PASSAGES}"),
                "q_max_len": TOKEN_LENGTH, "p_max_len": TOKEN_LENGTH, "dataset_proc_num": POSITIVE,
                "encode_num_shard": POSITIVE, "encode_shard_index": NON_NEGATIVE}
 # TrainingArguments fields both drivers take (the encode driver uses the eval batch size and precision).
