@@ -12,6 +12,7 @@ import argparse
 
 from tevatron.evaluation import convert_ranking
 from tevatron.cli import command
+from tevatron.files import check_output_file
 
 
 @command
@@ -23,6 +24,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.tag or any(ch.isspace() for ch in args.tag):
         parser.error("--tag must be one non-empty word")
+    for suffix in (".marco", ".trec") if args.trec else (".marco",):
+        check_output_file(args.score_file + suffix)
     for path in convert_ranking(args.score_file, trec=args.trec, tag=args.tag):
         print(f"wrote {path}")
     return 0

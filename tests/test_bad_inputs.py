@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -211,6 +213,43 @@ def check_metrics(mrr: float, run_format: str, recall: bool = False) -> Callable
 def check_first_query_id(folder: Path) -> None:
     first = json.loads((folder / "query" / "train.query.json").read_text().splitlines()[0])
     assert first["text_id"] == "q1"
+def encode_input(folder: Path, *, repeated_id: bool = False, same_start: bool = False, n: int = 3) -> None:
+    """corpus.json with ``n`` texts; ``same_start``: all begin with one token (a 3-token cut leaves only it)."""
+    lines = [f'{{"text_id": "p{i}", "text": [{2000 if same_start else 2000 + i}, {3000 + i}, {4000 + i}]}}'
+             for i in range(n)]
+    if repeated_id:
+        lines[2] = lines[2].replace('"p2"', '"p0"')
+    write_lines(folder / "corpus.json", *lines)
+
+
+PREVIOUS_ENCODINGS = np.full((2, 32), 0.5, dtype=np.float32)
+
+
+def encode_input_with_previous_output(folder: Path) -> None:
+    encode_input(folder, n=60)
+    save_encodings(folder / "enc" / "corpus.pt", PREVIOUS_ENCODINGS, ["old1", "old2"])
+
+
+def check_previous_encodings(folder: Path) -> None:
+    from tevatron.tensor_files import load_encodings
+    reps, ids = load_encodings(folder / "enc" / "corpus.pt")
+    assert ids == ["old1", "old2"] and np.array_equal(reps.numpy(), PREVIOUS_ENCODINGS)
+
+
+def shard_files(folder: Path, *, query_in_folder: bool = False, overlap: bool = False) -> None:
+    rng = np.random.default_rng(0)
+    (folder / "enc").mkdir()
+    save_encodings(folder / "enc" / "split00.pt", rng.standard_normal((3, 8), dtype=np.float32), ["p1", "p2", "p3"])
+    save_encodings(folder / "enc" / "split01.pt", rng.standard_normal((3, 8), dtype=np.float32),
+                   ["p4", "p2" if overlap else "p5", "p6"])
+    query_path = folder / "enc" / "query.pt" if query_in_folder else folder / "query.pt"
+    save_encodings(query_path, rng.standard_normal((2, 8), dtype=np.float32), ["q1", "q2"])
+
+
+def shards_with_previous_ranking(folder: Path) -> None:
+    shard_files(folder)
+    save_encodings(folder / "query.pt", np.ones((200, 8), dtype=np.float32), [f"q{i}" for i in range(200)])
+    write_lines(folder / "rank.tsv", "q0\tp1\t1.0")
 
 
 # --------------------------------------------------------------------------- the table
@@ -227,6 +266,8 @@ class Case:
     check: Callable[[Path], None] | None = None
     needs: tuple = ()                   # "model" (tiny BERT), "tokenizer" (packaged bert-base-uncased vocab)
     stdin: str | None = None            # what the command reads on stdin (None: nothing)
+    usage: bool = False                 # an argparse usage error: the line is ``PROG: error: ...`` after usage
+    file_size_limit: int | None = None  # RLIMIT_FSIZE for the command: writes past it fail (a full disk)
 
 
 CASES = {
@@ -463,6 +504,84 @@ CASES = {
         ("-m", "tevatron.faiss_retriever", "--query_reps", "q.pt", "--passage_reps", "p.pt", "--save_ranking_to",
          "rank.pt", "--depth", "3"),
         status=0, check=check_full_ranking),
+    # ---- argument ranges, checked at parse time
+    "arg-shard-index-out-of-range": Case(
+        "`--encode_shard_index` not below `--encode_num_shard`", encode_input,
+        ("-m", "tevatron.driver.encode", "--output_dir", "enc", "--model_name_or_path", "{model}",
+         "--encode_in_path", "corpus.json", "--encoded_save_path", "enc/corpus.pt", "--encode_num_shard", "3",
+         "--encode_shard_index", "5"),
+        error="--encode_shard_index must be in [0, --encode_num_shard) = [0, 3), not 5",
+        outputs=("enc/corpus.pt",), needs=("model",)),
+    "arg-temperature-nan": Case(
+        "`--temperature nan` (every float must be finite; batch sizes, lengths, counts at least 1)", malformed_train,
+        ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "{model}", "--train_dir",
+         "train.jsonl", "--temperature", "nan", "--max_steps", "1"),
+        error="--temperature must be a finite number, not nan", outputs=("out",), needs=("model",)),
+    "arg-n-splits-zero": Case(
+        "`--n_splits 0` to an argparse command", lambda f: write_lines(f / "corpus.tsv", "p1\t\tone"),
+        ("tokenize_passages.py", "--tokenizer_name", TOKENIZER, "--file", "corpus.tsv", "--save_to", "corpus",
+         "--n_splits", "0"),
+        error="argument --n_splits: must be at least 1, not 0", usage=True, outputs=("corpus/split00.json",)),
+    # ---- outputs that cannot be written, found before any work
+    "output-under-proc": Case(
+        "ranking output in a folder nothing can be written to (`/proc`; read-only mounts alike)",
+        lambda f: encodings_inputs(f, query_dim=32),
+        ("-m", "tevatron.faiss_retriever", "--query_reps", "q.pt", "--passage_reps", "p.pt", "--save_ranking_to",
+         "/proc/rank.pt"),
+        error="/proc/rank.pt: cannot write in /proc (", error_prefix=True),
+    "output-is-a-directory": Case(
+        "an existing directory given as the output file", lambda f: (encode_input(f), (f / "enc").mkdir()),
+        ("-m", "tevatron.driver.encode", "--output_dir", "enc", "--model_name_or_path", "{model}",
+         "--encode_in_path", "corpus.json", "--encoded_save_path", "enc"),
+        error="enc: is a directory; give a file name for this output", needs=("model",)),
+    "output-under-a-file": Case(
+        "a regular file used as the output's folder", lambda f: eval_inputs(f, "q1\tp2\t1.0"),
+        ("-m", "tevatron.evaluation", "qrels.tsv", "run.tsv", "--json", "run.tsv/metrics.json"),
+        error="run.tsv/metrics.json: cannot be created: run.tsv is not a directory"),
+    # ---- globs and ids
+    "glob-matches-query-file": Case(
+        "`--passage_reps 'enc/*.pt'` also matching the query encodings",
+        lambda f: shard_files(f, query_in_folder=True),
+        ("-m", "tevatron.faiss_retriever", "--query_reps", "enc/query.pt", "--passage_reps", "enc/*.pt",
+         "--save_ranking_to", "rank.pt"),
+        error="enc/query.pt: the query encodings are among the passage files matched by 'enc/*.pt'; give "
+              "--passage_reps a pattern that matches passages only", outputs=("rank.pt",)),
+    "passage-id-in-two-shards": Case(
+        "one passage id in two shards (a shard matched twice, overlapping encode inputs)",
+        lambda f: shard_files(f, overlap=True),
+        ("-m", "tevatron.faiss_retriever", "--query_reps", "query.pt", "--passage_reps", "enc/*.pt",
+         "--save_ranking_to", "rank.pt"),
+        error="enc/split01.pt: passage id 'p2' also in enc/split00.pt", outputs=("rank.pt",)),
+    "encode-repeated-text-id": Case(
+        "`text_id` repeated in an encode input", lambda f: encode_input(f, repeated_id=True),
+        ("-m", "tevatron.driver.encode", "--output_dir", "enc", "--model_name_or_path", "{model}",
+         "--encode_in_path", "corpus.json", "--encoded_save_path", "enc/corpus.pt"),
+        error="corpus.json:3: text_id 'p0' repeated (first on line 1)", outputs=("enc/corpus.pt",),
+        needs=("model",)),
+    # ---- degenerate encodings
+    "encode-identical-vectors": Case(
+        "every distinct text encoded to the same vector (here `--p_max_len 3` leaves one token, the same in all)",
+        lambda f: encode_input(f, same_start=True),
+        ("-m", "tevatron.driver.encode", "--output_dir", "enc", "--model_name_or_path", "{model}",
+         "--encode_in_path", "corpus.json", "--encoded_save_path", "enc/corpus.pt", "--p_max_len", "3"),
+        error="enc/corpus.pt: all 3 vectors are identical although the texts differ; nothing written (likely "
+              "cause: --p_max_len 3 cuts the texts to the same tokens, or --pooling cls / the model ignores the "
+              "text)", outputs=("enc/corpus.pt",), needs=("model",)),
+    # ---- disk full while writing
+    "encode-disk-full": Case(
+        "disk full while writing encodings (simulated: files limited to 4 KiB), over a previous complete output",
+        encode_input_with_previous_output,
+        ("-m", "tevatron.driver.encode", "--output_dir", "enc", "--model_name_or_path", "{model}",
+         "--encode_in_path", "corpus.json", "--encoded_save_path", "enc/corpus.pt", "--overwrite"),
+        error="enc/corpus.pt: could not write (File too large)", file_size_limit=4096,
+        check=check_previous_encodings, needs=("model",)),
+    "search-disk-full": Case(
+        "disk full while writing a text ranking (files limited to 4 KiB), over a previous ranking",
+        shards_with_previous_ranking,
+        ("-m", "tevatron.faiss_retriever", "--query_reps", "query.pt", "--passage_reps", "enc/*.pt",
+         "--save_ranking_to", "rank.tsv", "--save_text", "--overwrite"),
+        error="rank.tsv: could not write (File too large)", file_size_limit=4096,
+        check=lambda f: (f / "rank.tsv").read_text() == "q0\tp1\t1.0\n" or pytest.fail("previous ranking changed")),
 }
 
 
@@ -475,12 +594,34 @@ def run_command(command: tuple, cwd: Path, stdin: str | None = None) -> subproce
     program = list(command[:2]) if command[0] == "-m" else [str(SCRIPTS / command[0])]
     return subprocess.run([sys.executable, *program, *command[len(program):]], cwd=cwd, env=env,
                           input=stdin, capture_output=True, text=True, timeout=300)
+def file_size_limit(limit: int | None):
+    """preexec_fn: files may not grow past ``limit`` bytes; SIGXFSZ ignored, so writes fail with EFBIG."""
+    if limit is None:
+        return None
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    return apply
+
+
+def run_command(command: tuple, cwd: Path, size_limit: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    words = command if command[0] == "-m" else (str(SCRIPTS / command[0]), *command[1:])
+    return subprocess.run([sys.executable, *words], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300, preexec_fn=file_size_limit(size_limit))
 
 
 def display_command(command: tuple) -> str:
     words = ["python", *command] if command[0] == "-m" else ["python", f"msmarco-passage-ranking/{command[0]}",
                                                              *command[1:]]
     return " ".join(shlex.quote(w) for w in words)
+
+
+def usage_error_lines(stderr: str) -> list[str]:
+    """argparse's ``PROG: error: ...`` line, reported as ``error: ...`` like the one-line errors."""
+    return ["error: " + line.split(": error: ", 1)[1] for line in stderr.splitlines() if ": error: " in line]
 
 
 def warning_lines(stderr: str) -> list[str]:
@@ -529,12 +670,13 @@ def test_bad_input(name, tmp_path, request, tokenizer_available):
     case.setup(tmp_path)
     before = list_files(tmp_path)
     result = run_command(command, tmp_path, case.stdin)
+    result = run_command(command, tmp_path, case.file_size_limit)
     new_files = sorted(list_files(tmp_path) - before)
     log_observation(name, case, command, result, new_files)
     detail = result.stderr[-3000:]
     assert "Traceback" not in result.stderr, detail
     assert result.returncode == case.status, detail
-    errors = error_lines(result.stderr)
+    errors = usage_error_lines(result.stderr) if case.usage else error_lines(result.stderr)
     if case.error is None:
         assert errors == [], detail
     elif case.error_prefix:

@@ -143,7 +143,9 @@ def test_encodings_load_without_pickle_and_bad_input_is_one_line(trained_dirs, t
 @pytest.mark.slow
 def test_max_len_beyond_the_models_positions_is_cut_with_a_warning(trained_dirs, tmp_path):
     """The tiny model has 160 positions: --p_max_len 400 must not crash inside the embedding layer."""
-    long_texts = [{"text_id": f"d{i}", "text": list(range(1000, 1300 + i))} for i in range(3)]
+    # distinct within the first positions too: texts identical after the cut would encode to one vector,
+    # which the encoder rejects as degenerate
+    long_texts = [{"text_id": f"d{i}", "text": [2000 + i] + list(range(1000, 1300 + i))} for i in range(3)]
     in_path = write_jsonl(tmp_path / "long.json", long_texts)
     result = _encode(trained_dirs["tied"], in_path, tmp_path / "long.pt", "--p_max_len", 400)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -567,7 +567,8 @@ def test_trec_run_round_trip(ranking):
 
 
 @SETTINGS
-@given(records=st.lists(st.tuples(ids, st.lists(st.integers(0, 2 ** 31), max_size=8)), max_size=6))
+@given(records=st.lists(st.tuples(ids, st.lists(st.integers(0, 2 ** 31), max_size=8)), max_size=6,
+                       unique_by=lambda record: record[0]))  # a repeated text_id is rejected
 def test_encode_records_round_trip(records):
     with scratch() as folder:
         text_formats.write_jsonl(folder / "in.jsonl", [{"text_id": i, "text": t} for i, t in records])

@@ -9,7 +9,32 @@ from typing import List, Optional
 import torch
 from transformers import TrainingArguments
 
+from tevatron.argument_checks import (NON_NEGATIVE, POSITIVE, SEED, TOKEN_LENGTH, Bound, above, at_least,
+                                      check_ranges, fraction, positive_or_minus_one)
+
 logger = logging.getLogger(__name__)
+
+
+MODEL_BOUNDS = {"projection_in_dim": POSITIVE, "projection_out_dim": POSITIVE, "temperature": above(0)}
+# q_max_len 0 encodes every text as the same [CLS] [SEP]: one identical vector for all of them.
+# Passages per query per step: beyond a few thousand a step cannot fit any memory (and sampling them hangs).
+MAX_TRAIN_PASSAGES = 4096
+DATA_BOUNDS = {"train_n_passages": Bound(lambda n: 1 <= n <= MAX_TRAIN_PASSAGES,
+                                         f"must be between 1 (the positive) and {MAX_TRAIN_PASSAGES}"),
+               "q_max_len": TOKEN_LENGTH, "p_max_len": TOKEN_LENGTH, "dataset_proc_num": POSITIVE,
+               "encode_num_shard": POSITIVE, "encode_shard_index": NON_NEGATIVE}
+# TrainingArguments fields both drivers take (the encode driver uses the eval batch size and precision).
+RUN_BOUNDS = {"per_device_train_batch_size": POSITIVE, "per_device_eval_batch_size": POSITIVE,
+              "gradient_accumulation_steps": POSITIVE, "eval_accumulation_steps": POSITIVE,
+              "num_train_epochs": above(0), "max_steps": positive_or_minus_one(), "learning_rate": above(0),
+              "warmup_steps": NON_NEGATIVE, "warmup_ratio": fraction(), "weight_decay": NON_NEGATIVE,
+              "adam_beta1": fraction(high_open=True), "adam_beta2": fraction(high_open=True),
+              "adam_epsilon": NON_NEGATIVE, "max_grad_norm": NON_NEGATIVE, "label_smoothing_factor": fraction(),
+              "logging_steps": above(0), "save_steps": above(0), "eval_steps": above(0), "eval_delay": NON_NEGATIVE,
+              "save_total_limit": POSITIVE, "seed": SEED, "data_seed": SEED, "dataloader_num_workers": NON_NEGATIVE,
+              "dataloader_prefetch_factor": POSITIVE, "torch_empty_cache_steps": POSITIVE,
+              "ddp_timeout": POSITIVE, "ddp_bucket_cap_mb": POSITIVE, "neftune_noise_alpha": above(0),
+              "local_rank": at_least(-1), "gc_q_chunk_size": POSITIVE, "gc_p_chunk_size": POSITIVE}
 
 
 @dataclass
@@ -39,8 +64,7 @@ class ModelArguments:
             raise ValueError(f"--cpu_linear must be auto, onednn or torch, not {self.cpu_linear!r}")
         if self.cpu_dropout not in ("fast", "torch"):
             raise ValueError(f"--cpu_dropout must be fast or torch, not {self.cpu_dropout!r}")
-        if self.temperature <= 0:
-            raise ValueError("--temperature must be positive")
+        check_ranges(self, MODEL_BOUNDS)
 
 
 @dataclass
@@ -62,10 +86,10 @@ class DataArguments:
     overwrite: bool = field(default=False, metadata={"help": "re-encode even if the output file is complete"})
 
     def __post_init__(self):
-        if self.train_n_passages < 1:
-            raise ValueError("--train_n_passages must be at least 1 (the positive)")
+        check_ranges(self, DATA_BOUNDS)
         if not 0 <= self.encode_shard_index < self.encode_num_shard:
-            raise ValueError("--encode_shard_index must be in [0, --encode_num_shard)")
+            raise ValueError(f"--encode_shard_index must be in [0, --encode_num_shard) = [0, {self.encode_num_shard}), "
+                             f"not {self.encode_shard_index}")
 
 
 def _resolve_mixed_precision(args) -> None:
@@ -91,6 +115,7 @@ class TevatronTrainingArguments(TrainingArguments):
         "help": "train into a non-empty output directory (otherwise its last checkpoint is resumed)"})
 
     def __post_init__(self):
+        check_ranges(self, RUN_BOUNDS)
         _resolve_mixed_precision(self)
         if "warmup_ratio" not in {f.name for f in fields(TrainingArguments)} and not self.warmup_steps and self.warmup_ratio:
             # transformers 5 dropped warmup_ratio; a float warmup_steps in (0, 1) is read as a ratio there.
@@ -109,5 +134,6 @@ class EncodeArguments(TrainingArguments):
     output_dir: str | None = field(default=None)
 
     def __post_init__(self):
+        check_ranges(self, RUN_BOUNDS)
         _resolve_mixed_precision(self)
         super().__post_init__()

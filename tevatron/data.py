@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from .cli import CommandError
 from .files import InputError
 from .text_formats import iter_jsonl
 
@@ -210,6 +211,13 @@ class SequencePadder:
             attention_mask[row, : len(ids)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
+    def check_room(self, max_len: int, flag: str) -> None:
+        """Refuse a maximum length that leaves no token for the text: every text would be the same
+        special tokens, hence the same vector."""
+        if max_len <= self.n_special:
+            raise CommandError(f"{flag} {max_len} leaves no room for text: the tokenizer adds "
+                               f"{self.n_special} special tokens to every text")
+
 
 @dataclass
 class TrainCollator:
@@ -217,6 +225,10 @@ class TrainCollator:
     q_max_len: int = 32
     p_max_len: int = 128
     pad_to_max_length: bool = False  # fixed padding, for equivalence tests and benchmarks
+
+    def __post_init__(self):
+        self.padder.check_room(self.q_max_len, "--q_max_len")
+        self.padder.check_room(self.p_max_len, "--p_max_len")
 
     def __call__(self, features):
         queries = [query for query, _ in features]
@@ -233,6 +245,11 @@ def read_encode_records(paths: Sequence[str], vocab_size: int | None = None) -> 
     against ``vocab_size`` too, where given)."""
     ids: list[str] = []
     texts: list[list[int]] = []
+    seen: set[str] = set()  # a repeated id would give a ranking that lists a passage twice
+    files = [path for file in paths for path in list_data_files(file)]
+    for index, path in enumerate(files):
+        if any(path.resolve() == other.resolve() for other in files[:index]):
+            raise InputError(path, "given twice in the encode input")
     for file in paths:
         for path in list_data_files(file):
             for number, record in iter_jsonl(path):
@@ -243,9 +260,24 @@ def read_encode_records(paths: Sequence[str], vocab_size: int | None = None) -> 
                 if not isinstance(text, list) or not all(isinstance(t, int) for t in text):
                     raise InputError(path, "text must be a list of token ids", number)
                 check_vocabulary(path, number, text, vocab_size)
-                ids.append(str(record["text_id"]))
+                text_id = str(record["text_id"])
+                if text_id in seen:
+                    raise InputError(path, f"text_id {text_id!r} repeated (first on "
+                                           f"{_first_line_of(paths, text_id, path)})", number)
+                seen.add(text_id)
+                ids.append(text_id)
                 texts.append(text)
     return ids, texts
+
+
+def _first_line_of(paths: Sequence[str], text_id: str, current: Path) -> str:
+    """Where ``text_id`` first occurs (``line N`` in ``current``, else ``FILE:N``); only for the message."""
+    for file in paths:
+        for path in list_data_files(file):
+            for number, record in iter_jsonl(path):
+                if str(record.get("text_id")) == text_id:
+                    return f"line {number}" if path == current else f"{path}:{number}"
+    return "an earlier line"
 
 
 def shard_range(n_items: int, n_shards: int, shard_index: int) -> range:

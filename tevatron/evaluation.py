@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from tevatron.cli import command
-from tevatron.files import InputError, atomic_text_writer
+from tevatron.files import InputError, atomic_text_writer, check_output_file
 from tevatron.text_formats import (RUN_FORMATS, check_trec_tag, iter_ranking_groups, marco_run_lines, read_qrels,
                                    read_run_with_format, trec_run_lines)
 
@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 @command
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json_path:
+        check_output_file(args.json_path)
     qrels = read_qrels(args.qrels)
     run, run_format = read_run_with_format(args.run, args.run_format)
     counts = query_counts(qrels, run)

@@ -20,6 +20,37 @@ RANKING_FORMAT = "tevatron.ranking"
 FORMAT_VERSION = 1
 
 
+class _WriteErrorKeeper:
+    """A file wrapper that keeps the OSError of a failed ``write``: torch's zip writer replaces it
+    with an uninformative RuntimeError, and the errno (disk full, file too large) is what the user needs."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data):
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self):
+        self.handle.flush()
+
+
+def _save_payload(payload: dict, path) -> None:
+    """``torch.save`` into an atomic output; a failed write raises its OSError (see files.atomic_output)."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        writer = _WriteErrorKeeper(handle)
+        try:
+            torch.save(payload, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
 # --------------------------------------------------------------------------- encodings
 def save_encodings(path, reps, ids: Sequence[str], provenance: dict | None = None) -> None:
     """Save vectors and their string ids (torch zip format, loadable with ``weights_only=True``), with
@@ -32,8 +63,7 @@ def save_encodings(path, reps, ids: Sequence[str], provenance: dict | None = Non
     payload = {"format": ENCODINGS_FORMAT, "version": FORMAT_VERSION, "reps": reps, "ids": ids}
     if provenance is not None:
         payload["provenance"] = normalized(provenance)
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    _save_payload(payload, path)
 
 
 def _torch_load(path, what: str) -> dict:
@@ -103,8 +133,7 @@ def save_shard_ranking(path, query_ids: Sequence[str], passage_ids: Sequence[str
                "passage_ids": [str(p) for p in passage_ids], "scores": scores, "indices": indices}
     if provenance is not None:
         payload["provenance"] = normalized(provenance)
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    _save_payload(payload, path)
 
 
 def shard_ranking_provenance(path) -> dict | None:

@@ -16,10 +16,11 @@ import torch
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
+from tevatron.argument_checks import parse_dataclasses
 from tevatron.arguments import DataArguments, EncodeArguments, ModelArguments
 from tevatron.data import SequencePadder, length_sorted_batches, read_encode_records, shard_range
 from tevatron.cli import CommandError, command
-from tevatron.files import InputError
+from tevatron.files import InputError, check_output_file
 from tevatron.provenance import file_identity, model_identity, up_to_date
 from tevatron.tensor_files import encodings_provenance, save_encodings
 from tevatron.cpu_kernels import use_onednn_linear
@@ -69,12 +70,34 @@ def encoding_provenance(model_args: ModelArguments, data_args: DataArguments, mo
             "precision": precision}
 
 
+def all_rows_equal(reps: torch.Tensor, tolerance: float = 1e-6, chunk: int = 65536) -> bool:
+    """True when every vector equals the first within ``tolerance`` (chunked: no copy of the whole matrix)."""
+    first = reps[:1]
+    return all(bool(((reps[start:start + chunk] - first).abs() <= tolerance).all())
+               for start in range(0, reps.shape[0], chunk))
+
+
+def check_not_degenerate(reps: torch.Tensor, texts, save_path, max_len: int, is_query: bool, pooling: str) -> None:
+    """One vector for every one of several distinct texts means the encoder ignored the text; searching
+    with it would rank arbitrarily, so nothing is written."""
+    if reps.shape[0] < 2 or not all_rows_equal(reps):
+        return
+    first = texts[0]
+    if all(text == first for text in texts):
+        return
+    flag = "--q_max_len" if is_query else "--p_max_len"
+    raise CommandError(f"{save_path}: all {reps.shape[0]} vectors are identical although the texts differ; "
+                       f"nothing written (likely cause: {flag} {max_len} cuts the texts to the same tokens, "
+                       f"or --pooling {pooling} / the model ignores the text)")
+
+
 @command
 def main(argv=None) -> int:
     parser = HfArgumentParser((ModelArguments, DataArguments, EncodeArguments))
-    model_args, data_args, encode_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, encode_args = parse_dataclasses(parser, argv)
     if not data_args.encode_in_path or not data_args.encoded_save_path:
         raise CommandError("give --encode_in_path and --encoded_save_path")
+    check_output_file(data_args.encoded_save_path)
 
     check_model_folder(model_args.model_name_or_path, model_args, for_encoding=True)
     # The model is loaded before deciding: the record holds what it resolves (pooling, max length).
@@ -106,8 +129,12 @@ def main(argv=None) -> int:
     model.to(device)
     if device.type == "cpu":
         use_onednn_linear(model, model_args.cpu_linear)
-    reps = encode_texts(model, SequencePadder(tokenizer), texts, max_len, data_args.encode_is_qry,
+    padder = SequencePadder(tokenizer)
+    padder.check_room(max_len, "--q_max_len" if data_args.encode_is_qry else "--p_max_len")
+    reps = encode_texts(model, padder, texts, max_len, data_args.encode_is_qry,
                         encode_args.per_device_eval_batch_size, device, autocast_dtype)
+    check_not_degenerate(reps, texts, data_args.encoded_save_path, max_len, data_args.encode_is_qry,
+                         model.dense_config.pooling)
     save_encodings(data_args.encoded_save_path, reps, ids, provenance)
     logger.info("saved %d vectors of dimension %d to %s", reps.shape[0], reps.shape[1],
                 data_args.encoded_save_path)

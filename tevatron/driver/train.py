@@ -8,9 +8,11 @@ import sys
 
 from transformers import HfArgumentParser, set_seed
 
+from tevatron.argument_checks import parse_dataclasses
 from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingArguments
 from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups
 from tevatron.cli import command
+from tevatron.files import check_output_dir
 from tevatron.cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
 from tevatron.modeling import DenseModel, check_model_folder
 from tevatron.tokenization import load_tokenizer
@@ -24,13 +26,14 @@ def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, TevatronTrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+        return parse_dataclasses(parser, json_file=os.path.abspath(argv[0]))
+    return parse_dataclasses(parser, argv)
 
 
 @command
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_args(argv)
+    check_output_dir(training_args.output_dir)
     logging.getLogger().setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)  # one process logs
     check_model_folder(model_args.model_name_or_path, model_args)  # before anything heavy loads
     wanted = training_provenance(model_args, data_args, training_args)

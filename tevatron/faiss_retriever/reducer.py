@@ -27,9 +27,10 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from tevatron.argument_checks import POSITIVE, check_ranges, parse_dataclasses
 from tevatron.faiss_retriever.topk import merge_topk, ranked_shard_rows
 from tevatron.cli import command
-from tevatron.files import InputError
+from tevatron.files import InputError, check_output_file
 from tevatron.provenance import (changed_inputs, file_identity, normalized, read_file_record, up_to_date,
                                  write_file_record)
 from tevatron.tensor_files import encodings_provenance, load_encodings, load_shard_ranking
@@ -49,6 +50,9 @@ class ReduceArguments:
     save_ranking_to: str = field(metadata={"help": "output 'qid<TAB>pid<TAB>score' ranking"})
     depth: Optional[int] = field(default=None, metadata={"help": "results per query; unset: the shards' depth"})
     overwrite: bool = field(default=False, metadata={"help": "merge again even if the output is up to date"})
+
+    def __post_init__(self):
+        check_ranges(self, {"depth": POSITIVE})
 
 
 @dataclass
@@ -187,16 +191,14 @@ def run_reduce(args: ReduceArguments) -> None:
 def parse_arguments(argv: Sequence[str] | None) -> ReduceArguments:
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(ReduceArguments)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    if args.depth is not None and args.depth < 1:
-        parser.error("--depth must be positive")
+    (args,) = parse_dataclasses(HfArgumentParser(ReduceArguments), argv)
     return args
 
 
 @command
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
+    check_output_file(args.save_ranking_to)
     run_reduce(args)
     return 0
 

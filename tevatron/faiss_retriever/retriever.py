@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tevatron.argument_checks import NON_NEGATIVE, POSITIVE, check_ranges, parse_dataclasses
 from tevatron.cpu_kernels import onednn_matmul_bt
 from tevatron.cli import command
 from tevatron.faiss_retriever.topk import candidates_above, exact_topk, merge_topk, order_by_score_then_position
-from tevatron.files import InputError
+from tevatron.files import InputError, check_output_file
 from tevatron.provenance import file_identity, read_file_record, up_to_date, write_file_record
 from tevatron.tensor_files import encodings_provenance, load_encodings, save_shard_ranking, shard_ranking_provenance
 from tevatron.text_formats import write_ranking
@@ -62,6 +63,9 @@ class SearchArguments:
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output instead of skipping"})
     passage_block_size: int = field(default=0, metadata={"help": f"passages per GEMM block (torch; 0 = {DEFAULT_BLOCK_ROWS})"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar"})
+
+    def __post_init__(self):
+        check_ranges(self, {"depth": POSITIVE, "batch_size": POSITIVE, "passage_block_size": NON_NEGATIVE})
 
 
 @dataclass
@@ -100,18 +104,43 @@ def resolve_shard_paths(pattern: str) -> list[Path]:
 def load_passage_shards(pattern: str) -> PassageShards:
     """Load every shard (memory-mapped) and check they share one dimension."""
     paths = resolve_shard_paths(pattern)
-    reps, ids = [], []
+    reps, ids, shard_ids_of = [], [], []
     for path in paths:
         shard_reps, shard_ids = load_encodings(path)
         if reps and shard_reps.shape[1] != reps[0].shape[1]:
             raise InputError(path, f"vectors have dimension {shard_reps.shape[1]}, "
                                    f"but {paths[0]} has dimension {reps[0].shape[1]}")
+        shard_ids_of.append(shard_ids)
         if shard_reps.shape[0]:
             reps.append(shard_reps)
             ids.extend(shard_ids)
     if not ids:
         raise InputError(pattern, "no passage vectors found")
+    check_unique_passage_ids(paths, shard_ids_of)
     return PassageShards(paths, reps, ids)
+
+
+def check_unique_passage_ids(paths: Sequence[Path], shard_ids: Sequence[Sequence[str]]) -> None:
+    """A passage id twice (a shard matched twice, overlapping encode inputs) would rank it twice."""
+    if len(set(pid for ids in shard_ids for pid in ids)) == sum(len(ids) for ids in shard_ids):
+        return
+    first_shard: dict[str, Path] = {}
+    for path, ids in zip(paths, shard_ids):
+        for pid in ids:
+            if pid in first_shard:
+                where = "repeated in this file" if first_shard[pid] == path else f"also in {first_shard[pid]}"
+                raise InputError(path, f"passage id {pid!r} {where}")
+            first_shard[pid] = path
+
+
+def check_query_file_not_a_shard(query_path, pattern: str) -> None:
+    """``--passage_reps 'enc/*.pt'`` can match the query encodings too, which would be searched as passages."""
+    if not Path(query_path).is_file():
+        return
+    for path in resolve_shard_paths(pattern):
+        if path.samefile(query_path):
+            raise InputError(query_path, f"the query encodings are among the passage files matched by "
+                                         f"{pattern!r}; give --passage_reps a pattern that matches passages only")
 
 
 def load_queries(path, passages: PassageShards) -> tuple[torch.Tensor, list[str]]:
@@ -327,15 +356,14 @@ def run_search(args: SearchArguments) -> None:
 def parse_arguments(argv: Sequence[str] | None) -> SearchArguments:
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(SearchArguments)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    if args.depth < 1 or args.batch_size < 1 or args.passage_block_size < 0:
-        parser.error("--depth and --batch_size must be positive, --passage_block_size non-negative")
+    (args,) = parse_dataclasses(HfArgumentParser(SearchArguments), argv)
     return args
 
 
 @command
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
+    check_output_file(args.save_ranking_to)
+    check_query_file_not_a_shard(args.query_reps, args.passage_reps)
     run_search(args)
     return 0

@@ -21,8 +21,9 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from tevatron.argument_checks import NON_NEGATIVE, POSITIVE, float_arg, fraction, int_arg
 from tevatron.cli import command
-from tevatron.files import InputError
+from tevatron.files import InputError, check_output_file
 from tevatron.text_formats import (iter_collection, positives_from_qrels, read_qrels, read_queries,
                                    write_negatives, write_ranking)
 from tevatron.preprocess.common import real_title
@@ -262,12 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dev_run", nargs="?", const="", default=None,
                         help="also write a BM25 run for the dev queries (default path: DATA_DIR/bm25.dev.rank.tsv)")
     parser.add_argument("--dev_queries", help="default: DATA_DIR/dev.query.txt")
-    parser.add_argument("--depth", type=int, default=NEGATIVE_DEPTH, help="negatives: top-k before removing positives")
-    parser.add_argument("--dev_depth", type=int, default=DEV_RUN_DEPTH)
-    parser.add_argument("--k1", type=float, default=DEFAULT_K1)
-    parser.add_argument("--b", type=float, default=DEFAULT_B)
-    parser.add_argument("--threads", type=int, default=None, help="retrieval threads (default: all cores)")
-    parser.add_argument("--batch_size", type=int, default=QUERY_BATCH, help="queries searched at a time")
+    parser.add_argument("--depth", type=int_arg(POSITIVE), default=NEGATIVE_DEPTH, help="negatives: top-k before removing positives")
+    parser.add_argument("--dev_depth", type=int_arg(POSITIVE), default=DEV_RUN_DEPTH)
+    parser.add_argument("--k1", type=float_arg(NON_NEGATIVE), default=DEFAULT_K1)
+    parser.add_argument("--b", type=float_arg(fraction()), default=DEFAULT_B)
+    parser.add_argument("--threads", type=int_arg(POSITIVE), default=None, help="retrieval threads (default: all cores)")
+    parser.add_argument("--batch_size", type=int_arg(POSITIVE), default=QUERY_BATCH, help="queries searched at a time")
     parser.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -276,10 +277,14 @@ def _main(argv: Sequence[str] | None) -> None:
     args = build_parser().parse_args(argv)
     data = Path(args.data_dir)
     dev_run = None if args.dev_run is None else (args.dev_run or data / "bm25.dev.rank.tsv")
+    negatives_out = None if args.no_negatives else (args.save_to or data / "train.negatives.tsv")
+    for output in (negatives_out, dev_run):
+        if output is not None:
+            check_output_file(output)
     run_bm25(collection=args.collection or data / "corpus.tsv",
              train_queries=args.queries or data / "train.query.txt",
              train_qrels=args.qrels or data / "qrels.train.tsv",
-             negatives_out=None if args.no_negatives else (args.save_to or data / "train.negatives.tsv"),
+             negatives_out=negatives_out,
              dev_queries=args.dev_queries or data / "dev.query.txt", dev_run_out=dev_run,
              depth=args.depth, dev_depth=args.dev_depth, k1=args.k1, b=args.b, n_threads=args.threads,
              batch_size=args.batch_size, overwrite=args.overwrite)

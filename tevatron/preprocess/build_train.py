@@ -27,8 +27,9 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from tevatron.argument_checks import POSITIVE, SEED, TOKEN_LENGTH, int_arg
 from tevatron.cli import command
-from tevatron.files import InputError, atomic_text_writer
+from tevatron.files import InputError, atomic_text_writer, check_output_dir
 from tevatron.text_formats import iter_collection, iter_negatives, positives_from_qrels, read_qrels, read_queries
 from tevatron.preprocess.common import real_title
 from tevatron.provenance import (begin_folder_output, file_identity, finish_folder_output, folder_up_to_date,
@@ -267,11 +268,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", required=True)
     parser.add_argument("--collection", required=True)
     parser.add_argument("--save_to", required=True, help="output folder for split00.json ...")
-    parser.add_argument("--n_sample", type=int, default=30, help="negatives per query")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--q_max_len", type=int, default=32)
-    parser.add_argument("--p_max_len", type=int, default=128)
-    parser.add_argument("--shard_size", type=int, default=45000, help="groups per split file")
+    parser.add_argument("--n_sample", type=int_arg(POSITIVE), default=30, help="negatives per query")
+    parser.add_argument("--seed", type=int_arg(SEED), default=42)
+    parser.add_argument("--q_max_len", type=int_arg(TOKEN_LENGTH), default=32)
+    parser.add_argument("--p_max_len", type=int_arg(TOKEN_LENGTH), default=128)
+    parser.add_argument("--shard_size", type=int_arg(POSITIVE), default=45000, help="groups per split file")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if the folder is up to date")
 
 
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None) -> None:
     args = build_parser().parse_args(argv)
+    check_output_dir(args.save_to)
     build_train(args.tokenizer_name, args.negative_file, args.qrels, args.queries, args.collection, args.save_to,
                 options_from_args(args), args.overwrite)
 

@@ -10,8 +10,9 @@ import argparse
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from tevatron.argument_checks import NON_NEGATIVE, POSITIVE, int_arg
 from tevatron.cli import command
-from tevatron.files import InputError
+from tevatron.files import InputError, check_output_dir
 from tevatron.text_formats import iter_ranking_groups
 from tevatron.preprocess.build_train import (TrainSetOptions, add_common_arguments, build_training_set,
                                              options_from_args)
@@ -47,16 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--hn_file", required=True, help="dense ranking qid \\t pid \\t score (train.rank.tsv)")
-    parser.add_argument("--depth", type=int, default=200, help="deepest rank to take negatives from")
-    parser.add_argument("--skip_top", type=int, default=0, help="ranks at the top never used as negatives")
+    parser.add_argument("--depth", type=int_arg(POSITIVE), default=200, help="deepest rank to take negatives from")
+    parser.add_argument("--skip_top", type=int_arg(NON_NEGATIVE), default=0, help="ranks at the top never used as negatives")
     return parser
 
 
 def _main(argv: Sequence[str] | None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.depth < 0 or args.skip_top < 0:
-        parser.error("--depth and --skip_top must not be negative")
+    if args.skip_top >= args.depth:
+        parser.error(f"--skip_top {args.skip_top} leaves no ranks to take negatives from (--depth {args.depth})")
+    check_output_dir(args.save_to)
     build_train_hn(args.tokenizer_name, args.hn_file, args.qrels, args.queries, args.collection, args.save_to,
                    args.depth, args.skip_top, options_from_args(args), args.overwrite)
 

@@ -28,8 +28,9 @@ from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from tevatron.argument_checks import at_least, float_arg
 from tevatron.cli import CommandError, command
-from tevatron.files import InputError, atomic_output
+from tevatron.files import InputError, atomic_output, check_output_dir
 from tevatron.text_formats import iter_collection, iter_tsv, read_qrels, read_queries, write_qrels, write_tsv
 from tevatron.preprocess.common import check_id, real_title, tsv_safe
 from tevatron.provenance import file_identity, read_file_record, up_to_date, write_file_record
@@ -305,13 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder in MS MARCO/RocketQA or BEIR layout, or a BEIR dataset name (e.g. scifact)")
     parser.add_argument("--out", default="marco", help="output folder (default: marco)")
     parser.add_argument("--download_dir", default=None, help="where BEIR zips go (default: OUT/download)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds (default: 10)")
+    parser.add_argument("--timeout", type=float_arg(at_least(0.001, 86400)), default=10.0,
+                        help="network timeout in seconds (default: 10)")
     parser.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
     return parser
 
 
 def _main(argv: Sequence[str] | None) -> None:
     args = build_parser().parse_args(argv)
+    for folder in (args.out, args.download_dir):
+        if folder is not None:
+            check_output_dir(folder)
     prepare(args.source, args.out, overwrite=args.overwrite, download_dir=args.download_dir, timeout=args.timeout)
 
 

@@ -20,8 +20,9 @@ from typing import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from tevatron.argument_checks import POSITIVE, TOKEN_LENGTH, int_arg
 from tevatron.cli import CommandError, command
-from tevatron.files import InputError, atomic_text_writer
+from tevatron.files import InputError, atomic_text_writer, check_output_dir, check_output_file
 from tevatron.text_formats import count_data_lines, iter_collection, read_queries, write_jsonl
 from tevatron.preprocess.common import real_title
 from tevatron.provenance import (begin_folder_output, file_identity, finish_folder_output, folder_up_to_date,
@@ -184,8 +185,8 @@ def build_queries_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer_name", required=True)
     parser.add_argument("--query_file", required=True)
     parser.add_argument("--save_to", required=True, help="output .json file")
-    parser.add_argument("--q_max_len", type=int, default=32)
-    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--q_max_len", type=int_arg(TOKEN_LENGTH), default=32)
+    parser.add_argument("--batch_size", type=int_arg(POSITIVE), default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -195,22 +196,24 @@ def build_passages_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer_name", required=True)
     parser.add_argument("--file", required=True, help="corpus.tsv (or BEIR corpus.jsonl)")
     parser.add_argument("--save_to", required=True, help="output folder for split00.json ...")
-    parser.add_argument("--n_splits", type=int, default=10)
-    parser.add_argument("--p_max_len", type=int, default=128)
-    parser.add_argument("--num_workers", type=int, default=2)
-    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--n_splits", type=int_arg(POSITIVE), default=10)
+    parser.add_argument("--p_max_len", type=int_arg(TOKEN_LENGTH), default=128)
+    parser.add_argument("--num_workers", type=int_arg(POSITIVE), default=2)
+    parser.add_argument("--batch_size", type=int_arg(POSITIVE), default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if the folder is up to date")
     return parser
 
 
 def _queries_main(argv: Sequence[str] | None) -> None:
     args = build_queries_parser().parse_args(argv)
+    check_output_file(args.save_to)
     tokenize_queries(args.tokenizer_name, args.query_file, args.save_to, args.q_max_len, args.batch_size,
                      args.overwrite)
 
 
 def _passages_main(argv: Sequence[str] | None) -> None:
     args = build_passages_parser().parse_args(argv)
+    check_output_dir(args.save_to)
     tokenize_passages(args.tokenizer_name, args.file, args.save_to, args.n_splits, args.p_max_len,
                       args.num_workers, args.batch_size, args.overwrite)
 
