@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import random
+import re
 from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -32,13 +33,23 @@ from tevatron.files import InputError, atomic_text_writer
 from tevatron.text_formats import iter_collection, iter_negatives, positives_from_qrels, read_qrels, read_queries
 from tevatron.preprocess.common import (clear_complete_marker, file_signature, finish_directory_output, is_complete,
                                         real_title)
-from tevatron.preprocess.tokenize import (DEFAULT_BATCH_SIZE, iter_batches, passage_text, split_path,
-                                          tokenize_batch)
+from tevatron.preprocess.tokenize import DEFAULT_BATCH_SIZE, iter_batches, passage_text, tokenize_batch
 from tevatron.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-SHARD_GLOB = "split*.json"
+BM25_SHARD_SUFFIX = ".json"  # split00.json ...; hard-negative groups are split00.hn.json (build_train_hn)
+
+
+def shard_path(save_to, index: int, suffix: str = BM25_SHARD_SUFFIX) -> Path:
+    return Path(save_to) / f"split{index:02d}{suffix}"
+
+
+def shard_files(save_to, suffix: str = BM25_SHARD_SUFFIX) -> list[Path]:
+    """The shards one builder wrote in ``save_to``, never the other's: v1's stage-2 folder holds both sets
+    (``split00.hn.json`` beside links to ``split00.json``)."""
+    name = re.compile(r"split\d+" + re.escape(suffix))
+    return sorted(path for path in Path(save_to).glob("split*") if name.fullmatch(path.name))
 
 
 @dataclass(frozen=True)
@@ -184,18 +195,19 @@ def iter_group_records(groups: Sequence[TrainingGroup], queries: dict[str, str],
                    "negatives": [store.get(row) for row in group.negative_rows.tolist()]}
 
 
-def write_shards(records: Iterator[dict], n_groups: int, save_to: Path, shard_size: int) -> list[Path]:
-    """``split00.json`` ... of ``shard_size`` groups each, every one written atomically."""
+def write_shards(records: Iterator[dict], n_groups: int, save_to: Path, shard_size: int,
+                 suffix: str = BM25_SHARD_SUFFIX) -> list[Path]:
+    """``split00.json`` (or ``split00{suffix}``) ... of ``shard_size`` groups each, every one written atomically."""
     paths = []
     with tqdm(total=n_groups, desc="write training groups", unit=" groups", mininterval=5) as progress:
         for index, start in enumerate(range(0, n_groups, shard_size)):
-            path = split_path(save_to, index)
+            path = shard_path(save_to, index, suffix)
             with atomic_text_writer(path) as out:
                 for _ in range(min(shard_size, n_groups - start)):
                     out.write(json.dumps(next(records)) + "\n")
                     progress.update()
             paths.append(path)
-    for stale in sorted(set(save_to.glob(SHARD_GLOB)) - set(paths)):
+    for stale in sorted(set(shard_files(save_to, suffix)) - set(paths)):
         stale.unlink()
         logger.info("removed %s left by an earlier run", stale)
     return paths
@@ -203,7 +215,7 @@ def write_shards(records: Iterator[dict], n_groups: int, save_to: Path, shard_si
 
 def build_training_set(candidate_groups: Iterable[tuple[str, list[str]]], source, tokenizer_name: str,
                        qrels_path, queries_path, collection_path, save_to, options: TrainSetOptions,
-                       params: dict) -> list[Path]:
+                       params: dict, shard_suffix: str = BM25_SHARD_SUFFIX) -> list[Path]:
     """The shared pipeline: sample groups, tokenise what they use, write shards, mark complete.
 
     ``candidate_groups`` yields ``(qid, candidate negative pids)``; ``params`` describes the inputs for
@@ -218,7 +230,7 @@ def build_training_set(candidate_groups: Iterable[tuple[str, list[str]]], source
               **asdict(options)}
     if is_complete(save_to, params):
         logger.info("%s is complete; skipped", save_to)
-        return sorted(save_to.glob(SHARD_GLOB))
+        return shard_files(save_to, shard_suffix)
     queries = read_queries(queries_path)
     positives = positives_from_qrels(read_qrels(qrels_path))
     pid_rows = collection_rows(collection_path)
@@ -231,7 +243,7 @@ def build_training_set(candidate_groups: Iterable[tuple[str, list[str]]], source
     store = tokenize_needed_passages(collection_path, needed_rows, tokenizer, options.p_max_len)
     clear_complete_marker(save_to)
     records = iter_group_records(groups, queries, store, tokenizer, options.q_max_len)
-    paths = write_shards(records, len(groups), save_to, options.shard_size)
+    paths = write_shards(records, len(groups), save_to, options.shard_size, shard_suffix)
     finish_directory_output(save_to, params, {"groups": len(groups), "shards": len(paths), **counts})
     logger.info("wrote %d training groups in %d shards to %s", len(groups), len(paths), save_to)
     return paths

@@ -3,6 +3,10 @@
 Candidates are ranks ``(skip_top, depth]`` of each query's ranking, best first, minus its positives;
 ``--skip_top N`` keeps the very top out of the pool, where unjudged relevant passages (false negatives)
 gather.  Sampling, tokenising and writing are :mod:`tevatron.preprocess.build_train`'s.
+
+The groups are written as ``split00.hn.json`` ..., Tevatron v1's names, so that the BM25 groups
+(``split00.json`` ...) can be linked in beside them to make stage 2's training folder
+(``ln -s $PWD/marco/bert/train/split*.json marco/bert/train-hn/``); neither builder touches the other's files.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from tevatron.files import InputError
 from tevatron.text_formats import iter_ranking_groups
 from tevatron.preprocess.build_train import (TrainSetOptions, add_common_arguments, build_training_set,
                                              options_from_args)
+
+HN_SHARD_SUFFIX = ".hn.json"
 from tevatron.preprocess.common import file_signature
 
 
@@ -37,9 +43,10 @@ def build_train_hn(tokenizer_name: str, hn_file, qrels, queries, collection, sav
     """Write hard-negative training groups from ranking ``hn_file`` (see the module docstring)."""
     if not Path(hn_file).is_file():
         raise InputError(hn_file, "no such file")
-    params = {"hn_file": file_signature(hn_file), "depth": depth, "skip_top": skip_top}
+    params = {"hn_file": file_signature(hn_file), "depth": depth, "skip_top": skip_top,
+              "shards": f"split*{HN_SHARD_SUFFIX}"}  # a folder of older split*.json hard negatives is redone
     return build_training_set(iter_ranked_candidates(hn_file, depth, skip_top), hn_file, tokenizer_name, qrels,
-                              queries, collection, save_to, options, params)
+                              queries, collection, save_to, options, params, shard_suffix=HN_SHARD_SUFFIX)
 
 
 def build_parser() -> argparse.ArgumentParser:
