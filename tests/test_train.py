@@ -236,9 +236,11 @@ def test_driver_bad_input_is_one_line(tmp_path, tiny_bert_dir):
 
 
 # ----------------------------------------------------------------------------- the driver end to end
-def _train(tmp_path, model_dir, out, *extra):
-    data = write_jsonl(tmp_path / "data" / "train.jsonl", toy_groups(24))
-    return run_module("tevatron.driver.train", "--output_dir", out, "--model_name_or_path", model_dir,
+def _train(tmp_path, model_dir, out, *extra, runner=run_module):
+    data = tmp_path / "data" / "train.jsonl"
+    if not data.is_file():  # written once: a rewrite would change the data's identity between runs
+        write_jsonl(data, toy_groups(24))
+    return runner("tevatron.driver.train", "--output_dir", out, "--model_name_or_path", model_dir,
                       "--train_dir", data.parent, "--per_device_train_batch_size", 4, "--train_n_passages", 3,
                       "--learning_rate", 1e-3, "--seed", 7, "--logging_steps", 1, "--q_max_len", 16,
                       "--p_max_len", 48, "--cache_dir", tmp_path / "cache", "--save_strategy", "steps",
@@ -267,6 +269,44 @@ def test_fp16_on_cpu_falls_back_with_a_message(tmp_path, tiny_bert_dir):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+# Runs the training driver, ending the process right after the checkpoint of step STOP_AT is saved
+# (as a run killed then would); the finished run removes its checkpoints, so this is how a test keeps one.
+STOPPED_TRAINING = """
+import os, sys
+from transformers import TrainerCallback
+import tevatron.trainer
+from tevatron.driver.train import main
+
+class StopAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == int(os.environ["STOP_AT"]):
+            os._exit(3)
+
+init = tevatron.trainer.TevatronTrainer.__init__
+def stopping_init(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    self.add_callback(StopAfterSave())
+tevatron.trainer.TevatronTrainer.__init__ = stopping_init
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _train_until_checkpoint(tmp_path, model_dir, out, step: int, *extra):
+    import os
+    import subprocess
+    import sys
+    from helpers import REPO_ROOT
+
+    def runner(_module, *args):
+        env = dict(os.environ, STOP_AT=str(step), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+        return subprocess.run([sys.executable, "-c", STOPPED_TRAINING, *map(str, args)], capture_output=True,
+                              text=True, env=env, timeout=600)
+
+    result = _train(tmp_path, model_dir, out, *extra, runner=runner)
+    assert result.returncode == 3, result.stderr[-2000:]
+    return out / f"checkpoint-{step}"
+
+
 def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, tiny_bert_dir):
     """12 steps over 2 epochs straight, versus resuming the same schedule from its step-6 checkpoint in a
     fresh output directory (as after a run killed between step 6 and 12)."""
@@ -275,15 +315,17 @@ def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, tiny_bert_dir
     common = ("--num_train_epochs", 2, "--save_steps", 6)
     straight = _train(tmp_path, tiny_bert_dir, tmp_path / "straight", *common)
     assert straight.returncode == 0, straight.stderr[-2000:]
+    assert not list((tmp_path / "straight").glob("checkpoint-*")), "a finished run keeps no checkpoints"
+    stopped = _train_until_checkpoint(tmp_path, tiny_bert_dir, tmp_path / "stopped", 6, *common)
     checkpoint = tmp_path / "resumed" / "checkpoint-6"
-    shutil.copytree(tmp_path / "straight" / "checkpoint-6", checkpoint)
+    shutil.copytree(stopped, checkpoint)
     resumed = _train(tmp_path, tiny_bert_dir, tmp_path / "resumed", *common, "--resume_from_checkpoint", checkpoint)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = DenseModel.load(tmp_path / "straight").state_dict()
     b = DenseModel.load(tmp_path / "resumed").state_dict()
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
-    midway = DenseModel.load(checkpoint).state_dict()
+    midway = DenseModel.load(stopped).state_dict()
     assert any(not torch.equal(midway[n], a[n]) for n in a), "the resumed run trained further"
 
 
@@ -352,3 +394,143 @@ def test_a_failed_save_leaves_no_partial_files(tiny_bert_dir, tmp_path):
     model.save(tmp_path / "model")
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors",
                                                                      "tevatron_config.json"]
+
+
+# ----------------------------------------------------------------------------- finished runs: record, skip, refuse
+def _train_on(data, model_dir, out, cache, *extra):
+    return run_module("tevatron.driver.train", "--output_dir", out, "--model_name_or_path", model_dir,
+                      "--train_dir", data, "--per_device_train_batch_size", 4, "--train_n_passages", 3,
+                      "--learning_rate", 1e-3, "--seed", 7, "--q_max_len", 16, "--p_max_len", 48,
+                      "--cache_dir", cache, "--dataloader_num_workers", 0, "--max_steps", 2, *extra)
+
+
+def _fingerprint(model_dir) -> str:
+    return json.loads((Path(model_dir) / "tevatron_config.json").read_text())["fingerprint"]
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_skipped_refused_when_changed_and_retrained_on_overwrite(tmp_path, tiny_bert_dir):
+    from tevatron.provenance import read_folder_record
+
+    data = write_jsonl(tmp_path / "data" / "train.jsonl", toy_groups(16))
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    first = _train_on(data.parent, tiny_bert_dir, out, cache)
+    assert first.returncode == 0, first.stderr[-2000:]
+    record = read_folder_record(out)
+    assert record["provenance"]["learning_rate"] == 1e-3 and record["provenance"]["pooling"] == "cls"
+    assert record["provenance"]["training data"]["files"][0]["path"] == str(data.resolve())
+    assert record["stats"]["global_step"] == 2
+    fingerprint = _fingerprint(out)
+
+    again = _train_on(data.parent, tiny_bert_dir, out, cache)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{out} is up to date (same model, data and arguments); skipping training" in again.stderr
+    assert "training groups" not in again.stderr and _fingerprint(out) == fingerprint
+
+    changed = _train_on(data.parent, tiny_bert_dir, out, cache, "--learning_rate", 2e-3, "--temperature", 0.5)
+    assert changed.returncode == 2
+    assert error_lines(changed.stderr) == [
+        f"error: {out}: holds a model trained with other arguments (learning_rate: 0.001 -> 0.002, temperature: "
+        "1.0 -> 0.5); use --overwrite_output_dir to retrain into it, or another --output_dir"]
+    assert "Traceback" not in changed.stderr and _fingerprint(out) == fingerprint
+
+    data.write_text(data.read_text())  # rewritten: the data's identity changes
+    stale = _train_on(data.parent, tiny_bert_dir, out, cache)
+    assert stale.returncode == 2 and error_lines(stale.stderr) == [
+        f"error: {out}: holds a model trained with other inputs (training data changed); use "
+        "--overwrite_output_dir to retrain into it, or another --output_dir"]
+
+    retrained = _train_on(data.parent, tiny_bert_dir, out, cache, "--learning_rate", 2e-3, "--overwrite_output_dir")
+    assert retrained.returncode == 0, retrained.stderr[-2000:]
+    assert "training groups" in retrained.stderr and _fingerprint(out) != fingerprint
+    assert read_folder_record(out)["provenance"]["learning_rate"] == 2e-3
+
+
+def test_every_save_writes_a_fresh_fingerprint(tiny_bert_dir, tmp_path):
+    from tevatron.provenance import model_identity
+
+    model = build_model(tiny_bert_dir)
+    model.save(tmp_path / "a")
+    first = model_identity(tmp_path / "a")
+    model.save(tmp_path / "a")
+    assert model_identity(tmp_path / "a") != first and set(first) == {"fingerprint"}
+    assert DenseModel.load(tmp_path / "a").dense_config.pooling == "cls"
+
+
+@pytest.mark.slow
+def test_a_short_run_writes_no_checkpoint_it_does_not_need(tmp_path, tiny_bert_dir):
+    """--save_steps beyond the run: HF would still save a full checkpoint (weights and optimizer) at the last
+    step; only the model is written.  A checkpoint within the run is written, and removed at the end."""
+    long = _train(tmp_path, tiny_bert_dir, tmp_path / "long", "--max_steps", 10, "--save_steps", 20000)
+    assert long.returncode == 0, long.stderr[-2000:]
+    assert long.stderr.count("saving model to") == 1 and "checkpoint-" not in long.stderr
+    assert not list((tmp_path / "long").glob("checkpoint-*")) and (tmp_path / "long" / ".complete").is_file()
+    within = _train(tmp_path, tiny_bert_dir, tmp_path / "within", "--max_steps", 10, "--save_steps", 5)
+    assert within.returncode == 0, within.stderr[-2000:]
+    assert f"saving model to {tmp_path / 'within' / 'checkpoint-5'}" in within.stderr
+    assert "checkpoint-10" not in within.stderr and within.stderr.count("saving model to") == 2
+    assert not list((tmp_path / "within").glob("checkpoint-*"))
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_training_in_one_line(tmp_path, tiny_bert_dir):
+    """A temperature so small that the scores overflow: HF alone would train on to a model of NaNs."""
+    out = tmp_path / "out"
+    result = _train(tmp_path, tiny_bert_dir, out, "--max_steps", 5, "--temperature", 1e-45)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert error_lines(result.stderr) == [
+        "error: the training loss at step 1 is nan (not finite); stopping before it spoils the model (check "
+        "--temperature and --learning_rate, or train without --fp16)"]
+    assert "Traceback" not in result.stderr
+    assert not (out / "model.safetensors").exists() and not (out / ".complete").exists()
+
+
+# ----------------------------------------------------------------------------- model folder checks
+def test_pooling_messages_say_whether_pooling_was_asked_for(tiny_bert_dir, tmp_path, caplog):
+    build_model(tiny_bert_dir, pooling="mean").save(tmp_path / "stage1")
+    with caplog.at_level("WARNING"):
+        assert build_model(tmp_path / "stage1").dense_config.pooling == "cls"
+    assert "was trained with mean pooling; continuing with --pooling cls (default)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        build_model(tmp_path / "stage1", pooling="cls")
+    assert "continuing with --pooling cls as asked" in caplog.text
+
+
+def test_model_folder_checks(tiny_bert_dir, tmp_path):
+    from transformers import GPT2Config
+    from tevatron.modeling import check_model_folder
+
+    def refused(path, **overrides) -> str:
+        args = ModelArguments(model_name_or_path=str(path), **overrides)
+        with pytest.raises(InputError) as err:
+            check_model_folder(path, args)
+        return str(err.value)
+
+    check_model_folder(tiny_bert_dir, ModelArguments(model_name_or_path=str(tiny_bert_dir)))
+    GPT2Config(n_layer=1, n_embd=32, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(tmp_path / "gpt")
+    check_model_folder(tmp_path / "gpt", ModelArguments(model_name_or_path=str(tmp_path / "gpt"), pooling="mean"))
+    assert "with --pooling auto (cls here) every text would get the same vector" in refused(tmp_path / "gpt",
+                                                                                           pooling="auto")
+    assert "with --pooling cls every text" in refused(tmp_path / "gpt", pooling="cls")
+
+    build_model(tiny_bert_dir, untie_encoder=True).save(tmp_path / "untied")
+    check_model_folder(tmp_path / "untied")
+    (tmp_path / "untied" / "passage_model" / "config.json").unlink()
+    assert refused(tmp_path / "untied") == f"{tmp_path / 'untied' / 'passage_model'}: no config.json: not a " \
+                                           "Hugging Face model folder"
+
+    (tmp_path / "a_file").write_text("x")
+    assert refused(tmp_path / "a_file").endswith("a_file: not a model folder (it is a file)")
+    (tmp_path / "blip").mkdir()
+    (tmp_path / "blip" / "config.json").write_text('{"model_type": "blip_text_model"}')
+    assert refused(tmp_path / "blip").endswith("blip: model type 'blip_text_model' has no model class AutoModel "
+                                               "can load")
+
+    known_type = tmp_path / "bert_with_code"
+    known_type.mkdir()
+    config = json.loads((Path(tiny_bert_dir) / "config.json").read_text())
+    (known_type / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "code.Model"}}))
+    assert "its auto_map maps AutoModel to Python code" in refused(known_type)
+    with pytest.raises(InputError, match="auto_map maps AutoModel"):
+        load_tokenizer(str(known_type))

@@ -23,8 +23,8 @@ class ModelArguments:
     projection_in_dim: int = field(default=768)
     projection_out_dim: int = field(default=768)
     normalize: bool = field(default=False, metadata={"help": "L2-normalise vectors (cosine similarity)"})
-    pooling: str = field(default="cls", metadata={
-        "help": "cls, mean, or auto (follow a sentence-transformers 1_Pooling/config.json, else cls)"})
+    pooling: str | None = field(default=None, metadata={
+        "help": "cls (the default), mean, or auto (follow a sentence-transformers 1_Pooling/config.json, else cls)"})
     temperature: float = field(default=1.0, metadata={"help": "similarity is divided by this before softmax"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
     cpu_linear: str = field(default="auto", metadata={
@@ -33,7 +33,7 @@ class ModelArguments:
         "help": "CPU training dropout: fast (16 random bits an element, p rounded to 1/32768) or torch"})
 
     def __post_init__(self):
-        if self.pooling not in ("cls", "mean", "auto"):
+        if self.pooling not in (None, "cls", "mean", "auto"):
             raise ValueError(f"--pooling must be cls, mean or auto, not {self.pooling!r}")
         if self.cpu_linear not in ("auto", "onednn", "torch"):
             raise ValueError(f"--cpu_linear must be auto, onednn or torch, not {self.cpu_linear!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,7 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .files import InputError
 from .loss import contrastive_loss
+from .provenance import new_model_fingerprint
+from .tokenization import refuse_untrusted_code
 
 logger = logging.getLogger(__name__)
 
@@ -64,28 +68,132 @@ def saved_pooling(model_dir) -> str | None:
     return json.loads(path.read_text()).get("pooling") if path.is_file() else None
 
 
-def resolve_pooling(requested: str, model_dir) -> str:
-    """``auto`` follows the pooling a model was trained with here (``tevatron_config.json``, e.g. stage 2
-    starting from the stage-1 model), else a sentence-transformers pooling config, else cls; an explicit
-    choice wins."""
+def planned_pooling(requested: str | None, model_dir, follow_saved: bool = False) -> str:
+    """The pooling a model will be built (``follow_saved=False``) or loaded (``True``) with, without logging.
+
+    ``requested`` is --pooling (None: not given, cls).  ``auto`` follows the pooling a model was trained
+    with here (``tevatron_config.json``), else a sentence-transformers pooling config, else cls; loading
+    a model saved by this toolkit always uses its saved pooling."""
+    is_dir = bool(model_dir) and Path(model_dir).is_dir()
+    trained = saved_pooling(model_dir) if is_dir else None
+    if trained and (follow_saved or requested == "auto"):
+        return trained
+    if requested == "auto":
+        return (sentence_transformers_pooling(model_dir) if is_dir else None) or "cls"
+    return requested or "cls"
+
+
+def pooling_flag(requested: str | None) -> str:
+    """How a message names the --pooling choice: ``--pooling mean as asked`` or ``--pooling cls (default)``."""
+    return f"--pooling {requested} as asked" if requested else "--pooling cls (default)"
+
+
+def resolve_pooling(requested: str | None, model_dir) -> str:
+    """:func:`planned_pooling` for a model about to be built for training, saying in the log where the
+    choice came from (``auto`` follows the pooling of a model trained here, e.g. stage 2 starting from
+    the stage-1 model, else a sentence-transformers pooling config, else cls; an explicit choice wins)."""
+    pooling = planned_pooling(requested, model_dir)
     is_dir = bool(model_dir) and Path(model_dir).is_dir()
     trained = saved_pooling(model_dir) if is_dir else None
     if trained:
         if requested == "auto":
             logger.info("%s was trained with %s pooling; --pooling auto follows it", model_dir, trained)
-            return trained
-        if requested != trained:
-            logger.warning("%s was trained with %s pooling; continuing with --pooling %s as asked", model_dir,
-                           trained, requested)
-        return requested
+        elif pooling != trained:
+            logger.warning("%s was trained with %s pooling; continuing with %s", model_dir, trained,
+                           pooling_flag(requested))
+        return pooling
     found = sentence_transformers_pooling(model_dir) if is_dir else None
     if found:
         logger.info("%s has a sentence-transformers pooling config (%s pooling)%s", model_dir, found,
-                    "; --pooling auto follows it" if requested == "auto"
-                    else f"; using --pooling {requested} as asked")
-    if requested == "auto":
-        return found or "cls"
-    return requested
+                    "; --pooling auto follows it" if requested == "auto" else f"; using {pooling_flag(requested)}")
+    return pooling
+
+
+# --------------------------------------------------------------------------- model folder checks
+# A hub id is NAME or OWNER/NAME; anything else that does not exist was meant as a local folder.
+_LOCAL_PATH = re.compile(r"^(/|~|\.{1,2}(/|$))|/.*/|/$|\\")
+DECODER_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+
+
+def _is_decoder_only(config) -> bool:
+    """Whether a config is a causal (left-to-right) language model, whose first token sees only itself."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
+
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    if getattr(config, "is_decoder", False):
+        return True
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        return any(str(name).endswith(DECODER_ARCHITECTURES) for name in architectures)
+    return type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and type(config) not in MODEL_FOR_MASKED_LM_MAPPING
+
+
+def _load_config_or_refuse(source, trust: bool, cache_dir):
+    from transformers import AutoConfig, __version__
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config_file = Path(source) / "config.json"
+    if config_file.is_file():
+        refuse_untrusted_code(config_file, trust)
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
+        model_type = saved.get("model_type") if isinstance(saved, dict) else None
+        if isinstance(model_type, str) and model_type not in CONFIG_MAPPING and not trust:
+            raise InputError(config_file, f"model type {model_type!r} is not one transformers {__version__} "
+                             "can load")
+    try:
+        return AutoConfig.from_pretrained(str(source), cache_dir=cache_dir, trust_remote_code=trust)
+    except (OSError, ValueError, KeyError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(source, f"cannot load its model config ({reason})") from None
+
+
+def check_model_folder(name_or_path, model_args=None, for_encoding: bool = False) -> None:
+    """Refuse a model that cannot be used, in one line naming the folder and what is wrong, before any
+    weights load: a missing or empty folder, one without ``config.json``, a model type transformers cannot
+    load as an encoder, Python code it would run (``auto_map``) without ``--trust_remote_code``, and a
+    decoder-only model with CLS pooling (every text would get the same first-token vector).
+
+    ``for_encoding``: the model is loaded to encode, so a pooling saved with it wins over --pooling."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    trust = bool(getattr(model_args, "trust_remote_code", False))
+    cache_dir = getattr(model_args, "cache_dir", None)
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(name, "not a model folder (it is a file)")
+        if not any(path.iterdir()):
+            raise InputError(name, "empty folder, not a model (no config.json)")
+        folders = [path / QUERY_MODEL_DIR, path / PASSAGE_MODEL_DIR] if (path / QUERY_MODEL_DIR).is_dir() else [path]
+        for folder in folders:
+            if not (folder / "config.json").is_file():
+                raise InputError(folder, "no config.json: not a Hugging Face model folder")
+    elif _LOCAL_PATH.search(name):
+        raise InputError(name, "no such model folder")
+    else:
+        folders = [name]  # a hub id
+    config_name = getattr(model_args, "config_name", None)
+    for source in ([config_name] if config_name else folders):
+        config = _load_config_or_refuse(source, trust, cache_dir)
+        custom_model = trust and "AutoModel" in (getattr(config, "auto_map", None) or {})
+        if not custom_model and type(config) not in MODEL_MAPPING:
+            raise InputError(source, f"model type {config.model_type!r} has no model class AutoModel can load")
+        if getattr(config, "is_encoder_decoder", False):
+            raise InputError(source, f"an encoder-decoder model ({config.model_type}); this toolkit needs an "
+                             "encoder (BERT-like) or a decoder with --pooling mean")
+        requested = getattr(model_args, "pooling", None)
+        pooling = planned_pooling(requested, name if path.is_dir() else None, follow_saved=for_encoding)
+        if pooling == "cls" and _is_decoder_only(config):
+            if for_encoding and path.is_dir() and saved_pooling(path):
+                chosen = "the cls pooling it was trained with"
+            else:
+                chosen = {None: "--pooling cls (default)", "auto": "--pooling auto (cls here)"}.get(requested,
+                                                                                                   "--pooling cls")
+            kind = ", ".join(getattr(config, "architectures", None) or [config.model_type])
+            raise InputError(name, f"a decoder-only model ({kind}): with {chosen} every text would get the same "
+                             "vector (a decoder's first token sees only itself); use --pooling mean")
 
 
 class LinearPooler(nn.Module):
@@ -300,7 +408,7 @@ class DenseModel(nn.Module):
             saved = json.loads((path / TEVATRON_CONFIG).read_text())
         config = DenseConfig(**{k: v for k, v in saved.items() if k in DenseConfig.__dataclass_fields__})
         if not saved:  # a plain language model: take the caller's choices
-            config.pooling = resolve_pooling(pooling or "cls", model_name_or_path)
+            config.pooling = resolve_pooling(pooling, model_name_or_path)
             config.normalize = bool(normalize)
             if pooling == "auto" and not normalize and path.is_dir() and sentence_transformers_normalizes(path):
                 # the model as published: sentence-transformers normalises its vectors (cosine)
@@ -346,7 +454,9 @@ class DenseModel(nn.Module):
             if self.pooler is not None:
                 from safetensors.torch import save_file
                 save_file(self.pooler.state_dict_to_save(), str(staging / POOLER_WEIGHTS))
-            (staging / TEVATRON_CONFIG).write_text(json.dumps(asdict(self.dense_config), indent=2) + "\n")
+            # a fresh fingerprint at every save: outputs made with an earlier model are then seen as stale
+            saved = {**asdict(self.dense_config), "fingerprint": new_model_fingerprint()}
+            (staging / TEVATRON_CONFIG).write_text(json.dumps(saved, indent=2) + "\n")
 
     def load_weights_from(self, checkpoint_dir) -> None:
         """Load weights saved by :meth:`save` into this model in place (used to resume training)."""

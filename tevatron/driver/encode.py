@@ -20,7 +20,7 @@ from tevatron.cli import CommandError, command
 from tevatron.files import InputError
 from tevatron.tensor_files import is_complete_encodings, save_encodings
 from tevatron.cpu_kernels import use_onednn_linear
-from tevatron.modeling import DenseModel
+from tevatron.modeling import DenseModel, check_model_folder
 from tevatron.tokenization import load_tokenizer
 
 logger = logging.getLogger("tevatron.driver.encode")
@@ -60,6 +60,7 @@ def main(argv=None) -> int:
         logger.info("%s is complete; skipping (use --overwrite to redo it)", data_args.encoded_save_path)
         return 0
 
+    check_model_folder(model_args.model_name_or_path, model_args, for_encoding=True)
     model = DenseModel.load(model_args.model_name_or_path, model_args, pooling=model_args.pooling,
                             normalize=model_args.normalize)
     ids, texts = read_encode_records(data_args.encode_in_path, vocab_size=model.vocab_size())
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
                 data_args.encode_num_shard, max_len)
 
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
-                               cache_dir=model_args.cache_dir)
+                               cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
     device = encode_args.device
     model.to(device)
     if device.type == "cpu":

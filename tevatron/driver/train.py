@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
-import re
-import shutil
 import sys
 
 from transformers import HfArgumentParser, set_seed
@@ -14,15 +11,13 @@ from transformers import HfArgumentParser, set_seed
 from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingArguments
 from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups
 from tevatron.cli import command
-from tevatron.files import InputError
 from tevatron.cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
-from tevatron.modeling import DenseModel
+from tevatron.modeling import DenseModel, check_model_folder
 from tevatron.tokenization import load_tokenizer
-from tevatron.trainer import TevatronTrainer, shutdown_distributed
+from tevatron.trainer import (TevatronTrainer, finish_output_dir, prepare_output_dir, shutdown_distributed,
+                              training_provenance)
 
 logger = logging.getLogger("tevatron.driver.train")
-
-_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")  # transformers' PREFIX_CHECKPOINT_DIR-<step>
 
 
 def parse_args(argv=None):
@@ -33,57 +28,19 @@ def parse_args(argv=None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def checkpoint_is_complete(path) -> bool:
-    """True when the Trainer finished saving checkpoint ``path``.
-
-    ``Trainer._save_checkpoint`` writes ``trainer_state.json`` last (after weights, optimizer, scheduler
-    and RNG states), and not atomically, so a checkpoint is finished only when that file parses and
-    names the checkpoint's own step; a run killed while saving leaves a folder without it, or cut."""
-    try:
-        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as handle:
-            state = json.load(handle)
-    except (OSError, ValueError):
-        return False
-    step = _CHECKPOINT_NAME.fullmatch(os.path.basename(os.path.normpath(path)))
-    return isinstance(state, dict) and step is not None and state.get("global_step") == int(step.group(1))
-
-
-def _checkpoint_to_resume(output_dir) -> str | None:
-    """The last finished checkpoint of an interrupted run in ``output_dir``; refuse other non-empty folders.
-
-    Unfinished checkpoints (the run was killed while saving them) are removed, so that neither this
-    resume nor the checkpoint rotation of the resumed run ever reads one."""
-    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
-        return None
-    steps = {}
-    for name in os.listdir(output_dir):
-        match = _CHECKPOINT_NAME.fullmatch(name)
-        if match and os.path.isdir(os.path.join(output_dir, name)):
-            steps[os.path.join(output_dir, name)] = int(match.group(1))
-    complete = [path for path in steps if checkpoint_is_complete(path)]
-    for path in sorted(set(steps) - set(complete), key=steps.get):
-        logger.warning("removing %s: unfinished (the run was interrupted while saving it)", path)
-        shutil.rmtree(path, ignore_errors=True)
-    if not complete:
-        if not os.listdir(output_dir):
-            return None  # only unfinished checkpoints were there: start afresh
-        raise InputError(output_dir, "output directory is not empty and holds no checkpoint; "
-                         "use --overwrite_output_dir to train into it")
-    last = max(complete, key=steps.get)
-    logger.info("resuming the interrupted run from %s", last)
-    return last
-
-
 @command
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_args(argv)
     logging.getLogger().setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)  # one process logs
-    if training_args.resume_from_checkpoint is None and not training_args.overwrite_output_dir:
-        training_args.resume_from_checkpoint = _checkpoint_to_resume(training_args.output_dir)
+    check_model_folder(model_args.model_name_or_path, model_args)  # before anything heavy loads
+    wanted = training_provenance(model_args, data_args, training_args)
+    if not prepare_output_dir(training_args, wanted):
+        shutdown_distributed()
+        return 0  # the model in --output_dir is up to date
     set_seed(training_args.seed)
 
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
-                               cache_dir=model_args.cache_dir)
+                               cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
     model = DenseModel.build(model_args, negatives_x_device=training_args.negatives_x_device)
     if training_args.device.type == "cpu":
         use_onednn_linear(model, model_args.cpu_linear)
@@ -99,9 +56,10 @@ def main(argv=None) -> int:
                              p_max_len=model.fit_max_len(data_args.p_max_len, "--p_max_len"))
 
     trainer = TevatronTrainer(model=model, args=training_args, train_dataset=train_dataset,
-                              data_collator=collator, processing_class=tokenizer)
+                              data_collator=collator, processing_class=tokenizer, run_provenance=wanted)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()  # TevatronTrainer._save writes the tokenizer beside the weights
+    finish_output_dir(training_args.output_dir, wanted, trainer)
 
     # Drop the model and optimizer before tearing down the process group (gloo aborts otherwise).
     del trainer, model
