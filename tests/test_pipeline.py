@@ -279,12 +279,13 @@ def test_failed_step_reports_its_exit_status(tmp_path, tiny_bert_dir):
 @pytest.mark.slow
 def test_evaluation_only_data_set_scores_and_stops_cleanly(tmp_path, tiny_bert_dir):
     source = make_beir(tmp_path / "evalonly", with_train=False, n_passages=80)
-    env = pipeline_env(DATA=str(source), MODEL=str(tiny_bert_dir), N_SPLITS="1")
+    env = pipeline_env(PROFILE="quick", DATA=str(source), MODEL=str(tiny_bert_dir), N_SPLITS="1", ZERO_SHOT="0")
     log = check_ok(run_script("run.sh", env, tmp_path, "--all"), "run.sh on an evaluation-only set")
     out = out_folder(log, tmp_path)
     assert sorted(p.name for p in (out / "metrics").glob("*.json")) == ["bm25.json", "zero_shot.json"]
     assert log.strip().splitlines()[-1].startswith("==> nothing to train on: marco/evalonly has no training qrels")
     assert "build_train: no training qrels" in log and not (out / "model").exists()
+    assert re.fullmatch(r"evalonly-quick-[0-9a-f]{8}", out.name)    # zero-shot ran although ZERO_SHOT=0
     for script in ("mine_hard_neg.sh", "train_hn.sh"):
         tail = check_ok(run_script(script, env, tmp_path), script).strip().splitlines()[-1]
         assert tail.startswith("==> nothing to train on: marco/evalonly has no training qrels")
