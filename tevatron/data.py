@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -101,6 +102,7 @@ def load_train_groups(data_args, vocab_size: int | None, cache_dir: str | None =
             gen_kwargs={"files": files, "vocab_size": vocab_size, "need_negatives": need_negatives},
             fingerprint=_stable_hash(fingerprint_parts + [str(vocab_size), str(need_negatives)]),
         )
+        _log_group_sources(files, len(groups))
     elif data_args.dataset_name:
         groups = datasets.load_dataset(data_args.dataset_name, split=data_args.dataset_split, cache_dir=cache_dir)
     else:
@@ -108,6 +110,17 @@ def load_train_groups(data_args, vocab_size: int | None, cache_dir: str | None =
     if len(groups) == 0:
         raise InputError(data_args.train_dir or data_args.dataset_name, "no training examples")
     return groups
+
+
+def _log_group_sources(files: Sequence[str], total: int) -> None:
+    """One line with the groups each file-name pattern gave (``split*.json``: BM25 negatives,
+    ``split*.hn.json``: mined hard negatives), so a stage-2 folder missing one of its sets shows at once."""
+    counts: dict[str, int] = {}
+    for file in files:
+        pattern = re.sub(r"\d+", "*", Path(file).name)
+        with open(file, "rb") as handle:  # one group per non-blank line, as iter_jsonl reads them
+            counts[pattern] = counts.get(pattern, 0) + sum(1 for line in handle if not line.isspace())
+    logger.info("%s training groups: %s", f"{total:,}", ", ".join(f"{n:,} from {p}" for p, n in counts.items()))
 
 
 def _unwrap_input_error(function):

@@ -235,10 +235,11 @@ def folder_up_to_date(folder, wanted: Mapping, overwrite: bool = False, redo: st
     return reuse_decision(folder, record["provenance"] if record else None, wanted, overwrite, redo)
 
 
-def begin_folder_output(folder, wanted: Mapping, output_glob: str, keep_finished: bool = True) -> list[Path]:
+def begin_folder_output(folder, wanted: Mapping, outputs, keep_finished: bool = True) -> list[Path]:
     """Get ``folder`` ready to be (re)written from ``wanted``; returns the output files kept.
 
-    Files matching ``output_glob`` survive only when an interrupted run from exactly ``wanted`` left
+    ``outputs`` is a glob, or a function listing the folder's output files (when a glob would also match
+    another builder's files in the same folder).  Output files survive only when an interrupted run from exactly ``wanted`` left
     them (its ``.started`` record says so, and each was written atomically, so each is finished) and
     ``keep_finished`` allows it; any other such file is deleted, because mixing files made from other
     inputs into the output would silently corrupt it.
@@ -247,7 +248,7 @@ def begin_folder_output(folder, wanted: Mapping, output_glob: str, keep_finished
     folder.mkdir(parents=True, exist_ok=True)
     clear_folder_record(folder)
     started = read_folder_record_file(folder / STARTED_FILE)
-    existing = sorted(folder.glob(output_glob))
+    existing = sorted(folder.glob(outputs)) if isinstance(outputs, str) else sorted(outputs(folder))
     if keep_finished and started is not None and started["provenance"] == normalized(wanted):
         return existing
     for path in existing:

@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import random
+import re
 from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -34,13 +35,23 @@ from tevatron.text_formats import iter_collection, iter_negatives, positives_fro
 from tevatron.preprocess.common import real_title
 from tevatron.provenance import (begin_folder_output, file_identity, finish_folder_output, folder_up_to_date,
                                  model_identity)
-from tevatron.preprocess.tokenize import (DEFAULT_BATCH_SIZE, iter_batches, passage_text, split_path,
-                                          tokenize_batch)
+from tevatron.preprocess.tokenize import DEFAULT_BATCH_SIZE, iter_batches, passage_text, tokenize_batch
 from tevatron.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-SHARD_GLOB = "split*.json"
+BM25_SHARD_SUFFIX = ".json"  # split00.json ...; hard-negative groups are split00.hn.json (build_train_hn)
+
+
+def shard_path(save_to, index: int, suffix: str = BM25_SHARD_SUFFIX) -> Path:
+    return Path(save_to) / f"split{index:02d}{suffix}"
+
+
+def shard_files(save_to, suffix: str = BM25_SHARD_SUFFIX) -> list[Path]:
+    """The shards one builder wrote in ``save_to``, never the other's: v1's stage-2 folder holds both sets
+    (``split00.hn.json`` beside links to ``split00.json``)."""
+    name = re.compile(r"split\d+" + re.escape(suffix))
+    return sorted(path for path in Path(save_to).glob("split*") if name.fullmatch(path.name))
 
 
 @dataclass(frozen=True)
@@ -186,12 +197,13 @@ def iter_group_records(groups: Sequence[TrainingGroup], queries: dict[str, str],
                    "negatives": [store.get(row) for row in group.negative_rows.tolist()]}
 
 
-def write_shards(records: Iterator[dict], n_groups: int, save_to: Path, shard_size: int) -> list[Path]:
-    """``split00.json`` ... of ``shard_size`` groups each, every one written atomically."""
+def write_shards(records: Iterator[dict], n_groups: int, save_to: Path, shard_size: int,
+                 suffix: str = BM25_SHARD_SUFFIX) -> list[Path]:
+    """``split00.json`` (or ``split00{suffix}``) ... of ``shard_size`` groups each, every one written atomically."""
     paths = []
     with tqdm(total=n_groups, desc="write training groups", unit=" groups", mininterval=5) as progress:
         for index, start in enumerate(range(0, n_groups, shard_size)):
-            path = split_path(save_to, index)
+            path = shard_path(save_to, index, suffix)
             with atomic_text_writer(path) as out:
                 for _ in range(min(shard_size, n_groups - start)):
                     out.write(json.dumps(next(records)) + "\n")
@@ -202,7 +214,8 @@ def write_shards(records: Iterator[dict], n_groups: int, save_to: Path, shard_si
 
 def build_training_set(candidate_groups: Iterable[tuple[str, list[str]]], source, tokenizer_name: str,
                        qrels_path, queries_path, collection_path, save_to, options: TrainSetOptions,
-                       candidates_record: dict, overwrite: bool = False) -> list[Path]:
+                       candidates_record: dict, overwrite: bool = False,
+                       shard_suffix: str = BM25_SHARD_SUFFIX) -> list[Path]:
     """The shared pipeline: sample groups, tokenise what they use, write shards, mark complete.
 
     ``candidate_groups`` yields ``(qid, candidate negative pids)``; ``candidates_record`` names where
@@ -217,7 +230,7 @@ def build_training_set(candidate_groups: Iterable[tuple[str, list[str]]], source
                   "qrels": file_identity(qrels_path), "queries": file_identity(queries_path),
                   "collection": file_identity(collection_path), **asdict(options)}
     if folder_up_to_date(save_to, provenance, overwrite, redo="rebuilding"):
-        return sorted(save_to.glob(SHARD_GLOB))
+        return shard_files(save_to, shard_suffix)
     queries = read_queries(queries_path)
     positives = positives_from_qrels(read_qrels(qrels_path))
     pid_rows = collection_rows(collection_path)
@@ -228,9 +241,10 @@ def build_training_set(candidate_groups: Iterable[tuple[str, list[str]]], source
     tokenizer = load_tokenizer(tokenizer_name)
     needed_rows = np.unique(np.concatenate([np.concatenate([g.positive_rows, g.negative_rows]) for g in groups]))
     store = tokenize_needed_passages(collection_path, needed_rows, tokenizer, options.p_max_len)
-    begin_folder_output(save_to, provenance, SHARD_GLOB, keep_finished=False)  # every shard is rewritten
+    begin_folder_output(save_to, provenance, lambda folder: shard_files(folder, shard_suffix),
+                        keep_finished=False)  # every shard is rewritten
     records = iter_group_records(groups, queries, store, tokenizer, options.q_max_len)
-    paths = write_shards(records, len(groups), save_to, options.shard_size)
+    paths = write_shards(records, len(groups), save_to, options.shard_size, shard_suffix)
     finish_folder_output(save_to, provenance, {"groups": len(groups), "shards": len(paths), **counts})
     logger.info("wrote %d training groups in %d shards to %s", len(groups), len(paths), save_to)
     return paths

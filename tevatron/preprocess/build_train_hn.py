@@ -3,6 +3,10 @@
 Candidates are ranks ``(skip_top, depth]`` of each query's ranking, best first, minus its positives;
 ``--skip_top N`` keeps the very top out of the pool, where unjudged relevant passages (false negatives)
 gather.  Sampling, tokenising and writing are :mod:`tevatron.preprocess.build_train`'s.
+
+The groups are written as ``split00.hn.json`` ..., Tevatron v1's names, so that the BM25 groups
+(``split00.json`` ...) can be linked in beside them to make stage 2's training folder
+(``ln -s $PWD/marco/bert/train/split*.json marco/bert/train-hn/``); neither builder touches the other's files.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from tevatron.text_formats import iter_ranking_groups
 from tevatron.preprocess.build_train import (TrainSetOptions, add_common_arguments, build_training_set,
                                              options_from_args)
 from tevatron.provenance import file_identity
+
+HN_SHARD_SUFFIX = ".hn.json"  # v1's split00.hn.json, beside links to the BM25 split00.json
 
 
 def iter_ranked_candidates(ranking_file, depth: int = 200, skip_top: int = 0) -> Iterator[tuple[str, list[str]]]:
@@ -39,9 +45,11 @@ def build_train_hn(tokenizer_name: str, hn_file, qrels, queries, collection, sav
     """Write hard-negative training groups from ranking ``hn_file`` (see the module docstring)."""
     if not Path(hn_file).is_file():
         raise InputError(hn_file, "no such file")
-    candidates = {"hn_file": file_identity(hn_file), "depth": depth, "skip_top": skip_top}
+    candidates = {"hn_file": file_identity(hn_file), "depth": depth, "skip_top": skip_top,
+                  "shards": f"split*{HN_SHARD_SUFFIX}"}  # a folder of older split*.json hard negatives is redone
     return build_training_set(iter_ranked_candidates(hn_file, depth, skip_top), hn_file, tokenizer_name, qrels,
-                              queries, collection, save_to, options, candidates, overwrite)
+                              queries, collection, save_to, options, candidates, overwrite,
+                              shard_suffix=HN_SHARD_SUFFIX)
 
 
 def build_parser() -> argparse.ArgumentParser:

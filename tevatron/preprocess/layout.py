@@ -242,7 +242,7 @@ def prepare_beir(source: Path, out: Path, overwrite: bool = False) -> list[Path]
 # --------------------------------------------------------------------------- BEIR download
 def _offline_hint(name: str) -> str:
     return (f"download it elsewhere and pass --source /path/to/{name} (a folder with corpus.jsonl, "
-            f"queries.jsonl and qrels/), or DATASET=/path/to/{name} for get_data.sh")
+            f"queries.jsonl and qrels/), or DATA=/path/to/{name} for get_data.sh")
 
 
 def download_file(url: str, target: Path, timeout: float, hint: str) -> None:

