@@ -248,3 +248,14 @@ def test_identical_vectors_for_distinct_texts_rejected():
     check_not_degenerate(same, [[1, 2]] * 3, "enc.pt", 3, False, "cls")          # the same text thrice
     check_not_degenerate(torch.eye(3), [[1], [2], [3]], "enc.pt", 3, False, "cls")
     check_not_degenerate(torch.ones((1, 4)), [[1]], "enc.pt", 3, False, "cls")
+
+
+def test_non_finite_vectors_rejected():
+    reps = torch.eye(3)
+    reps[1, 2] = float("nan")
+    with pytest.raises(CommandError, match=r"^enc.pt: 1 of 3 vectors hold NaN or inf \(the first is input row 1\); "
+                                           r"nothing written"):
+        check_not_degenerate(reps, [[1], [2], [3]], "enc.pt", 3, False, "cls")
+    reps[1, 2] = float("inf")
+    with pytest.raises(CommandError, match="vectors hold NaN or inf"):
+        check_not_degenerate(reps, [[1], [2], [3]], "enc.pt", 3, False, "cls")

@@ -78,8 +78,13 @@ def all_rows_equal(reps: torch.Tensor, tolerance: float = 1e-6, chunk: int = 655
 
 
 def check_not_degenerate(reps: torch.Tensor, texts, save_path, max_len: int, is_query: bool, pooling: str) -> None:
-    """One vector for every one of several distinct texts means the encoder ignored the text; searching
-    with it would rank arbitrarily, so nothing is written."""
+    """One vector for every one of several distinct texts means the encoder ignored the text, and a NaN or
+    infinite value poisons every score it meets; searching with either would rank arbitrarily, so nothing
+    is written."""
+    bad_rows = (~torch.isfinite(reps)).any(dim=1).nonzero().flatten()
+    if bad_rows.numel():
+        raise CommandError(f"{save_path}: {bad_rows.numel()} of {reps.shape[0]} vectors hold NaN or inf (the first "
+                           f"is input row {int(bad_rows[0])}); nothing written (the model's weights are not finite?)")
     if reps.shape[0] < 2 or not all_rows_equal(reps):
         return
     first = texts[0]
