@@ -17,6 +17,7 @@ setup(
         "bm25s>=0.2",
         "PyStemmer>=2.2",
     ],
-    # ir_measures: only the metric parity tests use it; the library does not import it
-    extras_require={"test": ["pytest", "hypothesis", "ir_measures>=0.3"]},
+    # ir_measures: only the metric parity tests use it; the library does not import it.
+    # sentence-transformers: only tevatron.export (imported there when exporting) and its tests
+    extras_require={"test": ["pytest", "hypothesis", "ir_measures>=0.3", "sentence-transformers>=3"]},
 )
