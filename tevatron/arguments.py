@@ -92,15 +92,41 @@ class DataArguments:
                              f"not {self.encode_shard_index}")
 
 
-def _resolve_mixed_precision(args) -> None:
-    """fp16/bf16 are GPU features here: on CPU fp16 fails and bf16 is ~5x slower, so fall back to fp32."""
-    if not (args.fp16 or args.bf16) or torch.cuda.is_available():
-        return
-    flag = "--fp16" if args.fp16 else "--bf16"
-    logger.warning("%s requested but no CUDA device is available: running in fp32 on CPU "
-                   "(CPU half precision is slower or unsupported)", flag)
-    args.fp16 = False
-    args.bf16 = False
+def resolve_mixed_precision(args, hidden_size: int | None = None, training: bool = False) -> str:
+    """Decide the precision a run uses ("fp16", "bf16" or "fp32") and set ``args`` to match.
+
+    fp16/bf16 autocast run as asked on a GPU.  On a CPU fp16 is unsupported, so it falls back to fp32.
+    CPU bf16 pays only where the CPU multiplies bf16 natively (AMX); elsewhere it is slower.  So at
+    parse time (``hidden_size`` None) a CPU ``--bf16`` is set aside (``args.cpu_bf16_requested``) and the
+    driver calls this again once the model's hidden size is known: bf16 is used where a measurement of
+    that shape (forward, plus backward when ``training``) shows it clearly faster, else fp32, in one
+    log line with the measured ratio."""
+    if torch.cuda.is_available():
+        return "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+    if args.fp16:
+        logger.warning("--fp16 requested but no CUDA device is available: running in fp32 on CPU "
+                       "(CPU fp16 is unsupported)")
+        args.fp16 = False
+    if args.bf16:  # parse time: HF TrainingArguments refuses bf16 on a CPU, and the shape is not known yet
+        args.bf16 = False
+        args.cpu_bf16_requested = True
+    if hidden_size is None or not getattr(args, "cpu_bf16_requested", False):
+        return "fp32"
+    from tevatron.cpu_kernels import CPU_BF16_MIN_SPEEDUP, cpu_bf16_speedup
+
+    args.cpu_bf16_requested = False
+    work = "training" if training else "encoding"
+    speedup = cpu_bf16_speedup(hidden_size, training)
+    if speedup >= CPU_BF16_MIN_SPEEDUP:
+        logger.info("--bf16 on CPU: bf16 autocast for %s (measured %.2fx fp32's speed at hidden size %d)",
+                    work, speedup, hidden_size)
+        args.bf16 = True
+        args.mixed_precision = "bf16"  # what the HF Trainer's accelerator reads
+        return "bf16"
+    logger.warning("--bf16 requested but no CUDA device is available: running in fp32 on CPU (bf16 %s "
+                   "measured %.2fx fp32's speed at hidden size %d, under the %.1fx it must win by)",
+                   work, speedup, hidden_size, CPU_BF16_MIN_SPEEDUP)
+    return "fp32"
 
 
 @dataclass
@@ -116,7 +142,7 @@ class TevatronTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         check_ranges(self, RUN_BOUNDS)
-        _resolve_mixed_precision(self)
+        resolve_mixed_precision(self)
         if "warmup_ratio" not in {f.name for f in fields(TrainingArguments)} and not self.warmup_steps and self.warmup_ratio:
             # transformers 5 dropped warmup_ratio; a float warmup_steps in (0, 1) is read as a ratio there.
             self.warmup_steps = min(float(self.warmup_ratio), 0.999999)
@@ -135,5 +161,5 @@ class EncodeArguments(TrainingArguments):
 
     def __post_init__(self):
         check_ranges(self, RUN_BOUNDS)
-        _resolve_mixed_precision(self)
+        resolve_mixed_precision(self)
         super().__post_init__()

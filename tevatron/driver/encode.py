@@ -17,7 +17,7 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 from tevatron.argument_checks import parse_dataclasses
-from tevatron.arguments import DataArguments, EncodeArguments, ModelArguments
+from tevatron.arguments import DataArguments, EncodeArguments, ModelArguments, resolve_mixed_precision
 from tevatron.data import SequencePadder, length_sorted_batches, read_encode_records, shard_range
 from tevatron.cli import CommandError, command
 from tevatron.files import InputError, check_output_file
@@ -112,8 +112,10 @@ def main(argv=None) -> int:
         max_len = model.fit_max_len(data_args.q_max_len, "--q_max_len")
     else:
         max_len = model.fit_max_len(data_args.p_max_len, "--p_max_len")
-    autocast_dtype = torch.float16 if encode_args.fp16 else torch.bfloat16 if encode_args.bf16 else None
-    precision = "fp16" if encode_args.fp16 else "bf16" if encode_args.bf16 else "fp32"
+    config = model.lm_q.config
+    precision = resolve_mixed_precision(encode_args, getattr(config, "hidden_size", None)
+                                        or model.lm_q.get_input_embeddings().embedding_dim)
+    autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     provenance = encoding_provenance(model_args, data_args, model, max_len, precision)
     if up_to_date(data_args.encoded_save_path, provenance, encodings_provenance, data_args.overwrite,
                   redo="re-encoding"):

@@ -9,7 +9,7 @@ import sys
 from transformers import HfArgumentParser, set_seed
 
 from tevatron.argument_checks import parse_dataclasses
-from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingArguments
+from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingArguments, resolve_mixed_precision
 from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups
 from tevatron.cli import command
 from tevatron.files import check_output_dir
@@ -30,13 +30,23 @@ def parse_args(argv=None):
     return parse_dataclasses(parser, argv)
 
 
+def _hidden_size(model_args) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path,
+                                        cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
+    return getattr(config, "hidden_size", None) or getattr(config, "d_model", None) or 768
+
+
 @command
 def main(argv=None) -> int:
     model_args, data_args, training_args = parse_args(argv)
     check_output_dir(training_args.output_dir)
     logging.getLogger().setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)  # one process logs
     check_model_folder(model_args.model_name_or_path, model_args)  # before anything heavy loads
-    wanted = training_provenance(model_args, data_args, training_args)
+    if getattr(training_args, "cpu_bf16_requested", False):  # CPU --bf16: decided on the model's shape
+        resolve_mixed_precision(training_args, _hidden_size(model_args), training=True)
+    wanted = training_provenance(model_args, data_args, training_args)  # records the precision decided
     if not prepare_output_dir(training_args, wanted):
         shutdown_distributed()
         return 0  # the model in --output_dir is up to date
