@@ -177,6 +177,17 @@ def test_auto_backend_is_measured_once_per_shape_and_logged_in_one_line(caplog):
     measured_backend.cache_clear()
 
 
+def test_auto_backend_does_not_measure_for_a_collection_smaller_than_its_sample(caplog):
+    from tevatron.faiss_retriever.retriever import resolve_backend
+
+    caplog.set_level(logging.INFO, logger="tevatron.faiss_retriever.retriever")
+    measured_backend.cache_clear()
+    assert resolve_backend("auto", 16, 10, total_passages=500) == "torch"
+    assert resolve_backend("faiss", 16, 10, total_passages=500) == "faiss"
+    assert measured_backend.cache_info().currsize == 0
+    assert "search backend auto: torch (500 passages: fewer than measuring needs)" in caplog.text
+
+
 def load_shards_from_arrays(passage_reps: np.ndarray):
     from tevatron.faiss_retriever.retriever import PassageShards
 

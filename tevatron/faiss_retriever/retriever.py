@@ -276,19 +276,22 @@ class FaissFlatIPSearcher:
 
 
 @functools.lru_cache(maxsize=None)  # one measurement per process and search shape
-def measured_backend(dim: int, depth: int, passages: int = 8192, queries: int = 512, repeats: int = 3) -> str:
+def measured_backend(dim: int, depth: int, passages: int = DEFAULT_BLOCK_ROWS, queries: int = 256,
+                     repeats: int = 2) -> str:
     """The faster exact backend on this machine, timed on random vectors of the search's dimension and
-    depth (a few thousand passages in four blocks, so the torch backend's running top-k is exercised).
+    depth: one full-width passage block (larger than CPU caches, like real shards) and a few hundred queries.
 
-    Which one wins depends on the CPU and the BLAS each links (torch: MKL/oneDNN, FAISS: OpenBLAS);
-    both return the same ranking, so the choice changes speed only.  One log line says what won.
+    Which one wins depends on the CPU and the BLAS each links (torch: MKL/oneDNN, FAISS: OpenBLAS).  A
+    sample of a few thousand passages picked the wrong one on the AMD dev CPU (FAISS: its vectors stay in
+    cache there and torch's top-k is not amortised), so the sample is a full block.  Both backends give
+    the same ranking (scores may differ in the last bits), so the choice changes speed only.
     """
     generator = torch.Generator().manual_seed(0)
     sample_passages = torch.randn((passages, dim), generator=generator)
     sample_queries = torch.randn((queries, dim), generator=generator)
     k = min(depth, passages)
 
-    searchers = {"torch": TorchFlatIPSearcher([sample_passages], block_rows=max(1, passages // 4)),
+    searchers = {"torch": TorchFlatIPSearcher([sample_passages]),
                  "faiss": FaissFlatIPSearcher([sample_passages])}
     best_seconds = {name: float("inf") for name in searchers}
     for searcher in searchers.values():
@@ -305,17 +308,23 @@ def measured_backend(dim: int, depth: int, passages: int = 8192, queries: int = 
     return choice
 
 
-def resolve_backend(backend: str, dim: int, depth: int) -> str:
-    """``torch`` or ``faiss``: explicit choices as given, ``auto`` by measurement."""
+def resolve_backend(backend: str, dim: int, depth: int, total_passages: int | None = None) -> str:
+    """``torch`` or ``faiss``: explicit choices as given, ``auto`` by measurement, except for a collection
+    no larger than the measuring sample (measuring would cost more than the search): torch."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    return measured_backend(dim, depth) if backend == "auto" else backend
+    if backend != "auto":
+        return backend
+    if total_passages is not None and total_passages <= DEFAULT_BLOCK_ROWS:
+        logger.info("search backend auto: torch (%d passages: fewer than measuring needs)", total_passages)
+        return "torch"
+    return measured_backend(dim, depth)
 
 
 def build_searcher(backend: str, passages: PassageShards, block_rows: int = DEFAULT_BLOCK_ROWS,
                    depth: int = 1000) -> Searcher:
     """``depth`` shapes the measurement of ``auto`` (see :func:`measured_backend`)."""
-    backend = resolve_backend(backend, passages.dim, depth)
+    backend = resolve_backend(backend, passages.dim, depth, passages.count)
     if backend == "faiss":
         return FaissFlatIPSearcher(passages.reps)
     return TorchFlatIPSearcher(passages.reps, block_rows)
@@ -397,7 +406,7 @@ def run_search(args: SearchArguments) -> None:
     passages = load_passage_shards(args.passage_reps)
     query_reps, query_ids = load_queries(args.query_reps, passages)
     warn_on_model_mismatch(provenance, args)
-    backend = resolve_backend(args.backend, passages.dim, args.depth)
+    backend = resolve_backend(args.backend, passages.dim, args.depth, passages.count)
     logger.info("%d passages (dim %d) in %d shard(s); %d queries; depth %d; backend %s",
                 passages.count, passages.dim, len(passages.paths), len(query_ids), args.depth, backend)
     started = time.perf_counter()
