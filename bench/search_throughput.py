@@ -5,8 +5,9 @@
 
 For each collection size (random 768-d float32 vectors) and depth, the same queries are searched by
 the torch backend and by a raw ``faiss.IndexFlatIP``; queries/s are printed side by side with their
-ratio, next to the bare blocked-GEMM rate with torch.matmul (MKL; the ceiling of the torch backend)
-and with numpy.matmul (OpenBLAS, the BLAS family FAISS links).  Timings on a shared machine move
+ratio and the backend ``--backend auto`` picks for that dimension and depth (from its small random
+sample, measured before the timings: compare it with the ratio), next to the bare blocked-GEMM rate
+with torch.matmul (MKL; the ceiling of the torch backend) and with numpy.matmul (OpenBLAS, the BLAS family FAISS links).  Timings on a shared machine move
 with its load, which is printed at the end.  The reducer is then run
 in a child process on ``--reducer_shards`` random shard rankings and its peak RSS is reported, along
 with the RSS the child had after its imports (so the difference is the reducer's own memory).
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from tevatron.faiss_retriever.retriever import (DEFAULT_BLOCK_ROWS, QUERY_CHUNK_ROWS, TorchFlatIPSearcher,
-                                                search_in_batches)
+                                                measured_backend, search_in_batches)
 from tevatron.faiss_retriever.topk import order_by_score_then_position
 from tevatron.tensor_files import save_encodings, save_shard_ranking
 
@@ -98,6 +99,7 @@ def bench_size(size: int, args) -> list[dict]:
     gflop_per_query = 2 * size * args.dim / 1e9
     rows = []
     for depth in args.depths:
+        auto_choice = measured_backend(args.dim, depth)  # once per process and shape, as in a search
         torch_qps, faiss_qps = 0.0, 0.0
         for _ in range(args.repeats):  # interleaved, best of N: both backends see the same machine load
             qps, torch_ids = torch_search(queries, passages, depth, args.batch_size)
@@ -105,7 +107,7 @@ def bench_size(size: int, args) -> list[dict]:
             qps, faiss_ids = faiss_search(index, queries.numpy(), depth)
             faiss_qps = max(faiss_qps, qps)
         rows.append({"passages": size, "depth": depth, "queries": args.queries, "torch_qps": torch_qps,
-                     "faiss_qps": faiss_qps, "ratio": torch_qps / faiss_qps, "gemm_qps": gemm_qps,
+                     "faiss_qps": faiss_qps, "ratio": torch_qps / faiss_qps, "auto": auto_choice, "gemm_qps": gemm_qps,
                      "numpy_gemm_qps": numpy_gemm_qps, "numpy_gemm_gflops": numpy_gemm_qps * gflop_per_query,
                      "torch_gflops": torch_qps * gflop_per_query, "faiss_gflops": faiss_qps * gflop_per_query,
                      "gemm_gflops": gemm_qps * gflop_per_query,
@@ -118,7 +120,7 @@ def bench_size(size: int, args) -> list[dict]:
 
 def print_search_row(row: dict) -> None:
     print(f"{row['passages']:>9,d} {row['depth']:>5d} {row['torch_qps']:>10.1f} {row['faiss_qps']:>10.1f} "
-          f"{row['ratio']:>6.2f}x {row['gemm_qps']:>10.1f} {row['torch_gflops']:>7.1f} {row['faiss_gflops']:>7.1f} "
+          f"{row['ratio']:>6.2f}x {row['auto']:>5} {row['gemm_qps']:>10.1f} {row['torch_gflops']:>7.1f} {row['faiss_gflops']:>7.1f} "
           f"{row['torch_qps'] / row['gemm_qps']:>6.0%} {row['numpy_gemm_gflops']:>7.1f} {row['same_ids']:>8.4f}", flush=True)
 
 
@@ -179,7 +181,7 @@ def main(argv=None) -> int:
     args = parse_arguments(argv)
     print(f"torch {torch.__version__} threads={torch.get_num_threads()}; queries={args.queries}, dim={args.dim}, "
           f"torch batch={args.batch_size} (GEMM {QUERY_CHUNK_ROWS} queries x {DEFAULT_BLOCK_ROWS} passages)")
-    print(f"{'passages':>9} {'depth':>5} {'torch q/s':>10} {'faiss q/s':>10} {'ratio':>7} {'gemm q/s':>10} "
+    print(f"{'passages':>9} {'depth':>5} {'torch q/s':>10} {'faiss q/s':>10} {'ratio':>7} {'auto':>5} {'gemm q/s':>10} "
           f"{'t GF/s':>7} {'f GF/s':>7} {'t/gemm':>6} {'np GF/s':>7} {'same ids':>8}")
     report = {"load_average_before": os.getloadavg()[0],
               "search": [row for size in args.sizes for row in bench_size(size, args)]}

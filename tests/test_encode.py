@@ -7,7 +7,7 @@ import torch
 from helpers import build_model, error_lines, run_module, toy_corpus, write_jsonl
 from tevatron.data import SequencePadder, shard_range
 from tevatron.driver.encode import encode_texts
-from tevatron.tensor_files import load_encodings, save_encodings
+from tevatron.tensor_files import encodings_provenance, load_encodings, save_encodings
 from tevatron.tokenization import load_tokenizer
 
 
@@ -124,6 +124,51 @@ def test_up_to_date_output_is_kept_unless_overwrite(trained_dirs, tmp_path):
     overwritten = _encode(trained_dirs["tied"], write_jsonl(tmp_path / "c2.json", toy_corpus(4)), out, "--overwrite")
     assert overwritten.returncode == 0 and len(load_encodings(out)[1]) == 4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary files left"
+
+
+@pytest.mark.slow
+def test_encode_dtype_float16_writes_float16_vectors_recorded_in_the_provenance(trained_dirs, tmp_path):
+    in_path = write_jsonl(tmp_path / "corpus.json", toy_corpus(10))
+    full, half = tmp_path / "p32.pt", tmp_path / "p16.pt"
+    assert _encode(trained_dirs["tied"], in_path, full).returncode == 0
+    result = _encode(trained_dirs["tied"], in_path, half, "--encode_dtype", "float16")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (full_reps, ids), (half_reps, half_ids) = load_encodings(full), load_encodings(half)
+    assert full_reps.dtype == torch.float32 and half_reps.dtype == torch.float16 and half_ids == ids
+    assert torch.equal(half_reps, full_reps.to(torch.float16))
+    assert encodings_provenance(half)["dtype"] == "float16" and "dtype" not in encodings_provenance(full)
+    assert half.stat().st_size < full.stat().st_size
+
+
+def test_float16_out_of_range_is_refused(tmp_path):
+    from tevatron.cli import CommandError
+    from tevatron.driver.encode import stored_vectors
+
+    reps = torch.tensor([[1.0, 70000.0], [0.5, -2.0]])
+    with pytest.raises(CommandError, match="beyond float16's range"):
+        stored_vectors(reps, "float16", tmp_path / "p.pt")
+    assert stored_vectors(reps, "float32", tmp_path / "p.pt") is reps
+    assert stored_vectors(reps[1:], "float16", tmp_path / "p.pt").dtype == torch.float16
+
+
+def test_encodings_round_trip_keeps_float16_and_float32(tmp_path):
+    for dtype in (torch.float16, torch.float32):
+        reps = torch.randn(5, 3).to(dtype)
+        save_encodings(tmp_path / "e.pt", reps, list("abcde"), {"model": "m"})
+        loaded, ids = load_encodings(tmp_path / "e.pt")
+        assert loaded.dtype == dtype and torch.equal(loaded, reps) and ids == list("abcde")
+    save_encodings(tmp_path / "e.pt", torch.randn(2, 3, dtype=torch.float64), ["a", "b"])
+    assert load_encodings(tmp_path / "e.pt")[0].dtype == torch.float32
+
+
+def test_encodings_of_another_dtype_are_refused_as_corrupt(tmp_path):
+    from tevatron.files import InputError
+    from tevatron.tensor_files import ENCODINGS_FORMAT, FORMAT_VERSION
+
+    torch.save({"format": ENCODINGS_FORMAT, "version": FORMAT_VERSION, "reps": torch.ones(2, 3, dtype=torch.int64),
+                "ids": ["a", "b"]}, tmp_path / "e.pt")
+    with pytest.raises(InputError, match="vectors are int64, not float32 or float16"):
+        load_encodings(tmp_path / "e.pt")
 
 
 @pytest.mark.slow

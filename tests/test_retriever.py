@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tevatron.faiss_retriever.retriever import (FaissFlatIPSearcher, TorchFlatIPSearcher, load_passage_shards,
-                                                main, search_passages)
+                                                main, measured_backend, search_passages)
 from tevatron.faiss_retriever.topk import merge_topk, order_by_score_then_position
 from tevatron.tensor_files import load_shard_ranking, save_encodings
 from tevatron.text_formats import read_run
@@ -133,6 +133,59 @@ def test_depth_beyond_the_collection_returns_every_passage():
         assert positions.shape == (5, 40)
         np.testing.assert_array_equal(positions.numpy(), reference_ranking(query_reps, passage_reps, 40))
         assert bool((scores[:, :-1] >= scores[:, 1:]).all())
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_float16_encodings_search_exactly_like_their_values_stored_as_float32(tmp_path, backend):
+    """float16 shards are widened block by block; the result equals a float32 search of the same values."""
+    rng = np.random.default_rng(7)
+    half_passages = rng.standard_normal((900, 48)).astype(np.float16)
+    half_queries = rng.standard_normal((25, 48)).astype(np.float16)
+    ids = [f"p{i}" for i in range(900)]
+    for dtype, folder in ((np.float16, tmp_path / "half"), (np.float32, tmp_path / "full")):
+        folder.mkdir()
+        for number, (start, end) in enumerate(((0, 300), (300, 310), (310, 900))):
+            save_encodings(folder / f"corpus.{number}.pt", torch.from_numpy(half_passages[start:end].astype(dtype)),
+                           ids[start:end])
+    half, full = load_passage_shards(str(tmp_path / "half" / "corpus.*.pt")), load_passage_shards(str(tmp_path / "full" / "corpus.*.pt"))
+    assert {shard.dtype for shard in half.reps} == {torch.float16}
+    assert {shard.dtype for shard in full.reps} == {torch.float32}
+    half_scores, half_positions = search_passages(torch.from_numpy(half_queries), half, depth=50, batch_size=10,
+                                                  backend=backend, block_rows=128)
+    full_scores, full_positions = search_passages(torch.from_numpy(half_queries.astype(np.float32)), full, depth=50,
+                                                  batch_size=10, backend=backend, block_rows=128)
+    assert half_scores.dtype == torch.float32
+    assert torch.equal(half_positions, full_positions) and torch.equal(half_scores, full_scores)
+
+
+def test_torch_backend_widens_float16_one_block_at_a_time():
+    shard = torch.randn(1000, 16).to(torch.float16)
+    searcher = TorchFlatIPSearcher([shard], block_rows=100)
+    searcher.search(torch.randn(4, 16), 5)
+    assert searcher._widened.numel() == 100 * 16, "the whole shard was widened at once"
+
+
+def test_auto_backend_is_measured_once_per_shape_and_logged_in_one_line(caplog):
+    caplog.set_level(logging.INFO, logger="tevatron.faiss_retriever.retriever")
+    measured_backend.cache_clear()
+    choice = measured_backend(24, 10, passages=1024, queries=64)
+    assert choice in ("torch", "faiss")
+    assert measured_backend(24, 10, passages=1024, queries=64) == choice
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("search backend auto: ")]
+    assert len(lines) == 1 and lines[0].startswith(f"search backend auto: {choice} (")
+    assert "torch " in lines[0] and "faiss " in lines[0] and "queries/s" in lines[0]
+    measured_backend.cache_clear()
+
+
+def test_auto_backend_does_not_measure_for_a_collection_smaller_than_its_sample(caplog):
+    from tevatron.faiss_retriever.retriever import resolve_backend
+
+    caplog.set_level(logging.INFO, logger="tevatron.faiss_retriever.retriever")
+    measured_backend.cache_clear()
+    assert resolve_backend("auto", 16, 10, total_passages=500) == "torch"
+    assert resolve_backend("faiss", 16, 10, total_passages=500) == "faiss"
+    assert measured_backend.cache_info().currsize == 0
+    assert "search backend auto: torch (500 passages: fewer than measuring needs)" in caplog.text
 
 
 def load_shards_from_arrays(passage_reps: np.ndarray):

@@ -158,6 +158,9 @@ class TevatronTrainingArguments(TrainingArguments):
 class EncodeArguments(TrainingArguments):
     """Training arguments reused for encoding (``--per_device_eval_batch_size``, ``--fp16``, ...)."""
     output_dir: str | None = field(default=None)
+    encode_dtype: str = field(default="float32", metadata={
+        "help": "dtype the vectors are stored in: float32, or float16 (half the disk and memory; search "
+                "widens them to float32 block by block)", "choices": ["float32", "float16"]})
 
     def __post_init__(self):
         check_ranges(self, RUN_BOUNDS)

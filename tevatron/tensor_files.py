@@ -18,6 +18,9 @@ from tevatron.provenance import normalized
 ENCODINGS_FORMAT = "tevatron.encodings"
 RANKING_FORMAT = "tevatron.ranking"
 FORMAT_VERSION = 1
+# Encodings are stored as float32, or as float16 (half the disk and memory; --encode_dtype float16).
+# Readers convert float16 to float32 block by block just before computing with it.
+ENCODING_DTYPES = (torch.float32, torch.float16)
 
 
 class _WriteErrorKeeper:
@@ -54,9 +57,11 @@ def _save_payload(payload: dict, path) -> None:
 # --------------------------------------------------------------------------- encodings
 def save_encodings(path, reps, ids: Sequence[str], provenance: dict | None = None) -> None:
     """Save vectors and their string ids (torch zip format, loadable with ``weights_only=True``), with
-    the record of what they were made from when given."""
+    the record of what they were made from when given.  float16 tensors stay float16; anything else
+    is stored as float32."""
     reps = torch.as_tensor(np.asarray(reps, dtype=np.float32) if not torch.is_tensor(reps) else reps)
-    reps = reps.detach().to("cpu", torch.float32).contiguous()
+    dtype = torch.float16 if reps.dtype == torch.float16 else torch.float32
+    reps = reps.detach().to("cpu", dtype).contiguous()
     ids = [str(i) for i in ids]
     if reps.ndim != 2 or reps.shape[0] != len(ids):
         raise ValueError(f"{len(ids)} ids for vectors of shape {tuple(reps.shape)}")
@@ -79,7 +84,8 @@ def _torch_load(path, what: str) -> dict:
 
 
 def load_encodings(path) -> tuple[torch.Tensor, list[str]]:
-    """Load ``(reps [N, dim] float32, ids)`` written by :func:`save_encodings`."""
+    """Load ``(reps [N, dim], ids)`` written by :func:`save_encodings`; ``reps`` is float32 or float16
+    as saved (memory-mapped, so a float16 file is not widened here)."""
     payload = _load_encodings_payload(path)
     return payload["reps"], payload["ids"]
 
@@ -104,6 +110,9 @@ def _load_encodings_payload(path) -> dict:
         raise InputError(path, "corrupt encodings: 'reps' must be a tensor and 'ids' a list of strings")
     if reps.ndim != 2 or reps.shape[0] != len(ids):
         raise InputError(path, f"corrupt encodings: {len(ids)} ids for vectors of shape {tuple(reps.shape)}")
+    if reps.dtype not in ENCODING_DTYPES:
+        raise InputError(path, f"corrupt encodings: vectors are {str(reps.dtype).replace('torch.', '')}, "
+                               f"not float32 or float16")
     return payload
 
 

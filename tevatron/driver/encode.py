@@ -55,19 +55,22 @@ def encode_texts(model: DenseModel, padder: SequencePadder, texts, max_len: int,
 
 
 def encoding_provenance(model_args: ModelArguments, data_args: DataArguments, model: DenseModel, max_len: int,
-                        precision: str) -> dict:
+                        precision: str, dtype: str = "float32") -> dict:
     """What the vectors depend on: the model and tokenizer, the pooling and normalisation the loaded model
     actually uses, the side (query or passage encoder) and its max length after the cut to the model's
-    positions, the input files, the shard and the precision.  Not recorded, because they do not change
-    the vectors: the temperature (it only scales training similarities) and the batch size, device
-    and CPU kernel choice (they change rounding only)."""
-    return {"model": model_identity(model_args.model_name_or_path),
-            "tokenizer": model_identity(model_args.tokenizer_name) if model_args.tokenizer_name else "the model's",
-            "pooling": model.dense_config.pooling, "normalize": bool(model.dense_config.normalize),
-            "side": "query" if data_args.encode_is_qry else "passage", "max_len": max_len,
-            "inputs": [file_identity(path) for path in data_args.encode_in_path],
-            "shard": {"count": data_args.encode_num_shard, "index": data_args.encode_shard_index},
-            "precision": precision}
+    positions, the input files, the shard, the precision and the stored dtype.  Not recorded, because
+    they do not change the vectors: the temperature (it only scales training similarities) and the
+    batch size, device and CPU kernel choice (they change rounding only)."""
+    record = {"model": model_identity(model_args.model_name_or_path),
+              "tokenizer": model_identity(model_args.tokenizer_name) if model_args.tokenizer_name else "the model's",
+              "pooling": model.dense_config.pooling, "normalize": bool(model.dense_config.normalize),
+              "side": "query" if data_args.encode_is_qry else "passage", "max_len": max_len,
+              "inputs": [file_identity(path) for path in data_args.encode_in_path],
+              "shard": {"count": data_args.encode_num_shard, "index": data_args.encode_shard_index},
+              "precision": precision}
+    if dtype != "float32":  # recorded only when not the default, so float32 files of older versions stay valid
+        record["dtype"] = dtype
+    return record
 
 
 def all_rows_equal(reps: torch.Tensor, tolerance: float = 1e-6, chunk: int = 65536) -> bool:
@@ -75,6 +78,20 @@ def all_rows_equal(reps: torch.Tensor, tolerance: float = 1e-6, chunk: int = 655
     first = reps[:1]
     return all(bool(((reps[start:start + chunk] - first).abs() <= tolerance).all())
                for start in range(0, reps.shape[0], chunk))
+
+
+FLOAT16_MAX = float(torch.finfo(torch.float16).max)
+
+
+def stored_vectors(reps: torch.Tensor, dtype: str, save_path) -> torch.Tensor:
+    """``reps`` in the stored dtype; a value beyond float16's range would become inf, so it is refused."""
+    if dtype == "float32":
+        return reps
+    largest = float(reps.abs().max()) if reps.numel() else 0.0
+    if largest > FLOAT16_MAX:
+        raise CommandError(f"{save_path}: a vector value ({largest:.4g}) is beyond float16's range "
+                           f"({FLOAT16_MAX:.0f}); nothing written (use --encode_dtype float32)")
+    return reps.to(torch.float16)
 
 
 def check_not_degenerate(reps: torch.Tensor, texts, save_path, max_len: int, is_query: bool, pooling: str) -> None:
@@ -116,7 +133,7 @@ def main(argv=None) -> int:
     precision = resolve_mixed_precision(encode_args, getattr(config, "hidden_size", None)
                                         or model.lm_q.get_input_embeddings().embedding_dim)
     autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    provenance = encoding_provenance(model_args, data_args, model, max_len, precision)
+    provenance = encoding_provenance(model_args, data_args, model, max_len, precision, encode_args.encode_dtype)
     if up_to_date(data_args.encoded_save_path, provenance, encodings_provenance, data_args.overwrite,
                   redo="re-encoding"):
         return 0
@@ -142,9 +159,10 @@ def main(argv=None) -> int:
                         encode_args.per_device_eval_batch_size, device, autocast_dtype)
     check_not_degenerate(reps, texts, data_args.encoded_save_path, max_len, data_args.encode_is_qry,
                          model.dense_config.pooling)
+    reps = stored_vectors(reps, encode_args.encode_dtype, data_args.encoded_save_path)
     save_encodings(data_args.encoded_save_path, reps, ids, provenance)
-    logger.info("saved %d vectors of dimension %d to %s", reps.shape[0], reps.shape[1],
-                data_args.encoded_save_path)
+    logger.info("saved %d %s vectors of dimension %d to %s", reps.shape[0], encode_args.encode_dtype,
+                reps.shape[1], data_args.encoded_save_path)
     return 0
 
 

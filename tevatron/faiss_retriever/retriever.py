@@ -5,19 +5,24 @@ Two backends return the same ranking:
 * ``torch`` multiplies query batches with passage blocks (one GEMM each) and keeps a running top-k.
   On CPU it runs close to the fp32 matmul peak, because the only per-element work besides the GEMM
   is either one ``topk`` (first blocks) or one comparison against the running k-th score.
-* ``faiss`` uses ``IndexFlatIP``; it is kept so that other FAISS index types can be plugged in,
-  but the bundled OpenBLAS makes its flat search several times slower here.
+* ``faiss`` uses ``IndexFlatIP``; it is kept so that other FAISS index types can be plugged in.
+* ``auto`` (default) times both once per process on a small random sample shaped like the search
+  (:func:`measured_backend`) and uses the faster: which one wins depends on the CPU and its BLAS.
+
+float16 encodings are widened to float32 just before use: one passage block per GEMM (torch), one
+shard at a time into the index (faiss), so the search equals one over float32 copies of the same values.
 
 Ranking rule (both backends): score descending, then passage position ascending, where the position
 is the row in the concatenation of the sorted shard files.  FAISS alone breaks ties arbitrarily, so
 its output is normalised to this rule.
 
 The output records what it was searched from (:func:`search_provenance`: the encodings files and
-their own records, depth, backend, format); an existing output is kept only when that record is
+their own records, depth, format); an existing output is kept only when that record is
 unchanged, so a search into an old file after re-encoding, or with another depth, is redone.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import time
@@ -59,7 +64,7 @@ class SearchArguments:
     depth: int = field(default=1000, metadata={"help": "passages returned per query"})
     batch_size: int = field(default=4096, metadata={"help": "queries per search call (one progress step)"})
     save_text: bool = field(default=False, metadata={"help": "write 'qid<TAB>pid<TAB>score' text instead of binary"})
-    backend: str = field(default="auto", metadata={"help": "auto (= torch), torch or faiss", "choices": list(BACKENDS)})
+    backend: str = field(default="auto", metadata={"help": "auto (the faster of the two, measured once), torch or faiss", "choices": list(BACKENDS)})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output instead of skipping"})
     passage_block_size: int = field(default=0, metadata={"help": f"passages per GEMM block (torch; 0 = {DEFAULT_BLOCK_ROWS})"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar"})
@@ -180,6 +185,18 @@ class TorchFlatIPSearcher:
         self.total = sum(int(shard.shape[0]) for shard in shards)
         self.query_chunk_rows = query_chunk_rows
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._widened: torch.Tensor | None = None
+
+    def _float32_block(self, block: torch.Tensor) -> torch.Tensor:
+        """``block`` as float32: float16 shards are widened one block at a time into a reused buffer,
+        so the whole shard is never held in float32."""
+        if block.dtype == torch.float32:
+            return block
+        if self._widened is None or self._widened.numel() < block.numel():
+            self._widened = torch.empty(block.numel(), dtype=torch.float32)
+        widened = self._widened[: block.numel()].view(block.shape)
+        widened.copy_(block)
+        return widened
 
     def _score_buffers(self, elements: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reuse one score and one mask buffer across blocks; re-allocating costs ~15% of the GEMM."""
@@ -192,7 +209,7 @@ class TorchFlatIPSearcher:
         chunks = [self._search_chunk(queries[start:start + self.query_chunk_rows], k)
                   for start in range(0, queries.shape[0], self.query_chunk_rows)]
         if not chunks:
-            return queries.new_empty((0, k)), torch.empty((0, k), dtype=torch.int64)
+            return torch.empty((0, k)), torch.empty((0, k), dtype=torch.int64)
         return torch.cat([scores for scores, _ in chunks]), torch.cat([positions for _, positions in chunks])
 
     def _search_chunk(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,6 +218,7 @@ class TorchFlatIPSearcher:
         best_scores = queries.new_empty((queries.shape[0], 0))
         best_positions = torch.empty((queries.shape[0], 0), dtype=torch.int64)
         for first, block in self.blocks:
+            block = self._float32_block(block)
             shape = (queries.shape[0], block.shape[0])
             if self.use_onednn:
                 scores = onednn_matmul_bt(queries, block)
@@ -230,7 +248,7 @@ class FaissFlatIPSearcher:
         import faiss
 
         self.index = faiss.IndexFlatIP(int(shards[0].shape[1]))
-        for shard in shards:
+        for shard in shards:  # float16 shards are widened one at a time (the index holds float32)
             self.index.add(np.ascontiguousarray(shard.numpy(), dtype=np.float32))
 
     def search(self, queries: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,9 +275,56 @@ class FaissFlatIPSearcher:
         return scores[chosen], positions[chosen]
 
 
-def build_searcher(backend: str, passages: PassageShards, block_rows: int = DEFAULT_BLOCK_ROWS) -> Searcher:
+@functools.lru_cache(maxsize=None)  # one measurement per process and search shape
+def measured_backend(dim: int, depth: int, passages: int = DEFAULT_BLOCK_ROWS, queries: int = 256,
+                     repeats: int = 2) -> str:
+    """The faster exact backend on this machine, timed on random vectors of the search's dimension and
+    depth: one full-width passage block (larger than CPU caches, like real shards) and a few hundred queries.
+
+    Which one wins depends on the CPU and the BLAS each links (torch: MKL/oneDNN, FAISS: OpenBLAS).  A
+    sample of a few thousand passages picked the wrong one on the AMD dev CPU (FAISS: its vectors stay in
+    cache there and torch's top-k is not amortised), so the sample is a full block.  Both backends give
+    the same ranking (scores may differ in the last bits), so the choice changes speed only.
+    """
+    generator = torch.Generator().manual_seed(0)
+    sample_passages = torch.randn((passages, dim), generator=generator)
+    sample_queries = torch.randn((queries, dim), generator=generator)
+    k = min(depth, passages)
+
+    searchers = {"torch": TorchFlatIPSearcher([sample_passages]),
+                 "faiss": FaissFlatIPSearcher([sample_passages])}
+    best_seconds = {name: float("inf") for name in searchers}
+    for searcher in searchers.values():
+        searcher.search(sample_queries[:8], k)  # warm-up: thread pools, buffers
+    for _ in range(repeats):  # interleaved, best of N: both see the same load of a shared machine
+        for name, searcher in searchers.items():
+            started = time.perf_counter()
+            searcher.search(sample_queries, k)
+            best_seconds[name] = min(best_seconds[name], time.perf_counter() - started)
+    torch_rate, faiss_rate = (queries / max(best_seconds[name], 1e-9) for name in ("torch", "faiss"))
+    choice = "torch" if torch_rate >= faiss_rate else "faiss"
+    logger.info("search backend auto: %s (measured on %d random passages x %d queries, dim %d, depth %d: "
+                "torch %.0f, faiss %.0f queries/s)", choice, passages, queries, dim, k, torch_rate, faiss_rate)
+    return choice
+
+
+def resolve_backend(backend: str, dim: int, depth: int, total_passages: int | None = None) -> str:
+    """``torch`` or ``faiss``: explicit choices as given, ``auto`` by measurement, except for a collection
+    no larger than the measuring sample (measuring would cost more than the search): torch."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if total_passages is not None and total_passages <= DEFAULT_BLOCK_ROWS:
+        logger.info("search backend auto: torch (%d passages: fewer than measuring needs)", total_passages)
+        return "torch"
+    return measured_backend(dim, depth)
+
+
+def build_searcher(backend: str, passages: PassageShards, block_rows: int = DEFAULT_BLOCK_ROWS,
+                   depth: int = 1000) -> Searcher:
+    """``depth`` shapes the measurement of ``auto`` (see :func:`measured_backend`)."""
+    backend = resolve_backend(backend, passages.dim, depth, passages.count)
     if backend == "faiss":
         return FaissFlatIPSearcher(passages.reps)
     return TorchFlatIPSearcher(passages.reps, block_rows)
@@ -285,7 +350,7 @@ def search_passages(query_reps: torch.Tensor, passages: PassageShards, depth: in
                     backend: str = "auto", block_rows: int = 0, progress: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Library entry point: ``(scores [Q, k], positions [Q, k])`` into ``passages.ids``."""
-    searcher = build_searcher(backend, passages, block_rows or DEFAULT_BLOCK_ROWS)
+    searcher = build_searcher(backend, passages, block_rows or DEFAULT_BLOCK_ROWS, depth)
     return search_in_batches(searcher, query_reps, depth, batch_size, passages.count, progress)
 
 
@@ -311,12 +376,13 @@ def encodings_source(path) -> dict:
     return {"file": file_identity(path), "made_from": encodings_provenance(path)}
 
 
-def search_provenance(args: SearchArguments, backend: str) -> dict:
-    """What a ranking depends on.  The backends agree on the ranking but may round scores differently,
-    so the backend is recorded too; batch and block sizes change neither."""
+def search_provenance(args: SearchArguments) -> dict:
+    """What a ranking depends on.  Both backends give the same ranking (same tie rule), so the search is
+    recorded as "exact" rather than by backend: a re-run whose ``auto`` measured the other backend
+    faster keeps the ranking.  Batch and block sizes change nothing either."""
     return {"queries": encodings_source(args.query_reps),
             "passages": [encodings_source(path) for path in resolve_shard_paths(args.passage_reps)],
-            "depth": args.depth, "backend": backend, "format": "text" if args.save_text else "binary"}
+            "depth": args.depth, "search": "exact", "format": "text" if args.save_text else "binary"}
 
 
 def warn_on_model_mismatch(provenance: dict, args: SearchArguments) -> None:
@@ -333,14 +399,14 @@ def warn_on_model_mismatch(provenance: dict, args: SearchArguments) -> None:
 def run_search(args: SearchArguments) -> None:
     """Decide (reuse or redo, one log line), load, check, search, save."""
     output = Path(args.save_ranking_to)
-    backend = "torch" if args.backend == "auto" else args.backend
-    provenance = search_provenance(args, backend)
+    provenance = search_provenance(args)
     read_record = read_file_record if args.save_text else shard_ranking_provenance
     if up_to_date(output, provenance, read_record, args.overwrite, redo="searching again"):
         return
     passages = load_passage_shards(args.passage_reps)
     query_reps, query_ids = load_queries(args.query_reps, passages)
     warn_on_model_mismatch(provenance, args)
+    backend = resolve_backend(args.backend, passages.dim, args.depth, passages.count)
     logger.info("%d passages (dim %d) in %d shard(s); %d queries; depth %d; backend %s",
                 passages.count, passages.dim, len(passages.paths), len(query_ids), args.depth, backend)
     started = time.perf_counter()
