@@ -28,8 +28,12 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def error_exit(message: str) -> int:
-    """Print ``error: message`` (one line) on stderr and return the bad-input exit status."""
-    print(f"error: {' '.join(str(message).split()) if chr(10) in str(message) else message}", file=sys.stderr)
+    """Print ``error: message`` on stderr, a multi-line message folded onto one line; return the
+    bad-input exit status."""
+    message = str(message)
+    if "\n" in message:
+        message = " ".join(message.split())
+    print(f"error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 

@@ -120,15 +120,6 @@ def _is_string_list(value) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
-def is_complete_encodings(path) -> bool:
-    """True when ``path`` holds a finished, readable encodings file (for resumable loops)."""
-    try:
-        load_encodings(path)
-    except InputError:
-        return False
-    return True
-
-
 # --------------------------------------------------------------------------- rankings
 def save_shard_ranking(path, query_ids: Sequence[str], passage_ids: Sequence[str], scores, indices,
                        provenance: dict | None = None) -> None:
