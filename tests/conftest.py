@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_tiny_bert
+from helpers import make_tiny_bert, make_tiny_reranker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data/scifact beside the checkout; SCIFACT_DIR points elsewhere (e.g. from a git worktree)
@@ -42,3 +42,8 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker_dir(tmp_path_factory) -> Path:
+    return make_tiny_reranker(tmp_path_factory.mktemp("tiny_reranker"))

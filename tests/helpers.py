@@ -92,3 +92,21 @@ def loss_and_grads(model, batch):
     loss = model(**batch)["loss"]
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def make_tiny_reranker(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """Save a tiny random one-logit BertForSequenceClassification as the reranker drivers save it."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tevatron.reranker.modeling import save_cross_encoder
+    from tevatron.tokenization import packaged_minilm_dir
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=2 * hidden, max_position_embeddings=160, num_labels=1,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    packaged = packaged_minilm_dir()
+    tokenizer = AutoTokenizer.from_pretrained(str(packaged)) if packaged is not None else None
+    save_cross_encoder(BertForSequenceClassification(config), path, tokenizer)
+    return path

