@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCIFACT_DIR = REPO_ROOT.parent / "shared" / "data" / "scifact"
+SCIFACT_DIR = Path(os.environ.get("SCIFACT_DIR") or REPO_ROOT.parent / "shared" / "data" / "scifact")  # as tests/conftest.py
 V1_PYTHON = Path(os.environ.get("TEVATRON_V1_PYTHON", "/opt/tev1/bin/python"))
 V1_SETUP = ("python3 -m venv /opt/tev1 && /opt/tev1/bin/pip install torch==2.13.0 tevatron==0.1.0 "
             "transformers==4.45.2 datasets==4.8.5 faiss-cpu accelerate && "
