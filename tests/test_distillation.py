@@ -2,7 +2,6 @@
 the driver end to end."""
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
