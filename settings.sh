@@ -1,5 +1,5 @@
-# Settings of get_data.sh, run.sh, mine_hard_neg.sh and train_hn.sh: every knob, in one place.
-# The four scripts source this file, so an edit here reaches all of them.
+# Settings of get_data.sh, run.sh, mine_hard_neg.sh, train_hn.sh, rerank.sh and distil.sh: every knob,
+# in one place. The scripts source this file, so an edit here reaches all of them.
 #
 # Which value a setting takes, first match wins:
 #   1. the environment, for one run:   LR=1e-5 bash run.sh
@@ -46,6 +46,20 @@ SKIP_TOP=${SKIP_TOP:-}          # [0 | 3] false-negative guard: the top SKIP_TOP
 HN_INIT=${HN_INIT:-}            # [initial | stage1] stage 2 starts from MODEL (initial) or the stage-1 model (stage1)
 HN_LR=${HN_LR:-}                # [LR] learning rate, stage 2
 HN_EPOCHS=${HN_EPOCHS:-}        # [EPOCHS | 1] epochs, stage 2
+# stage 3: reranking and distillation (rerank.sh, distil.sh)
+RERANKER_MODEL=${RERANKER_MODEL:-}  # [MODEL] starting model of the cross-encoder (a BERT-like folder; a fresh score head)
+RERANKER_LR=${RERANKER_LR:-}    # [2e-5 | 3e-5] learning rate, reranker
+RERANKER_EPOCHS=${RERANKER_EPOCHS:-}  # [1 | 2] epochs, reranker (on $OUT/train-hn, the stage-2 training groups)
+RERANKER_BATCH=${RERANKER_BATCH:-}  # [BATCH] queries per device per step, reranker
+RERANKER_N_PASSAGES=${RERANKER_N_PASSAGES:-}  # [N_PASSAGES] passages per query in the reranker's listwise loss
+RERANK_DEPTH=${RERANK_DEPTH:-}  # [100] rerank the top RERANK_DEPTH of each dev query (BM25 and stage-2 rankings)
+RERANK_P_MAX_LEN=${RERANK_P_MAX_LEN:-}  # [P_MAX_LEN | 224] passage tokens of a (query, passage) pair, on top of Q_MAX_LEN
+DISTIL_INIT=${DISTIL_INIT:-}    # [initial | stage1] the distilled bi-encoder starts from MODEL (initial), the stage-1 or stage-2 model
+DISTIL_TEMPERATURE=${DISTIL_TEMPERATURE:-}  # [1] the teacher's scores are divided by this before their softmax
+DISTIL_WEIGHT=${DISTIL_WEIGHT:-}  # [0 | 0.2] loss = KL to the teacher + DISTIL_WEIGHT x the in-batch contrastive loss
+DISTIL_LR=${DISTIL_LR:-}        # [LR] learning rate, distillation
+DISTIL_EPOCHS=${DISTIL_EPOCHS:-}  # [EPOCHS | 2] epochs, distillation (on $OUT/train-distil: the stage-2 groups, scored)
+RERANK_BATCH=${RERANK_BATCH:-}  # [128 | 64] (query, passage) pairs per scoring batch (speed only)
 # speed and logging only (results do not change)
 ENCODE_BATCH=${ENCODE_BATCH:-}  # [128] texts per encoding batch
 NPROC=${NPROC:-}                # [1] processes per encoding step (torchrun): one per GPU, or up to one per
@@ -79,6 +93,13 @@ if [[ $PROFILE == quick ]]; then   # tuned for SciFact-sized data with all-MiniL
   SKIP_TOP=${SKIP_TOP:-3}
   HN_INIT=${HN_INIT:-stage1}
   HN_EPOCHS=${HN_EPOCHS:-1}
+  RERANKER_LR=${RERANKER_LR:-3e-5}
+  RERANKER_EPOCHS=${RERANKER_EPOCHS:-2}
+  RERANK_P_MAX_LEN=${RERANK_P_MAX_LEN:-224}   # a pair of 256 tokens, as the corpus is encoded
+  DISTIL_INIT=${DISTIL_INIT:-stage1}
+  DISTIL_WEIGHT=${DISTIL_WEIGHT:-0.2}
+  DISTIL_EPOCHS=${DISTIL_EPOCHS:-2}
+  RERANK_BATCH=${RERANK_BATCH:-64}
 fi
 # marco (the seed's recipe), and whatever the quick profile leaves to it
 DATA=${DATA:-msmarco}
@@ -104,6 +125,19 @@ SKIP_TOP=${SKIP_TOP:-0}
 HN_INIT=${HN_INIT:-initial}
 HN_LR=${HN_LR:-$LR}
 HN_EPOCHS=${HN_EPOCHS:-$EPOCHS}
+RERANKER_MODEL=${RERANKER_MODEL:-$MODEL}
+RERANKER_LR=${RERANKER_LR:-2e-5}
+RERANKER_EPOCHS=${RERANKER_EPOCHS:-1}
+RERANKER_BATCH=${RERANKER_BATCH:-$BATCH}
+RERANKER_N_PASSAGES=${RERANKER_N_PASSAGES:-$N_PASSAGES}
+RERANK_DEPTH=${RERANK_DEPTH:-100}
+RERANK_P_MAX_LEN=${RERANK_P_MAX_LEN:-$P_MAX_LEN}
+DISTIL_INIT=${DISTIL_INIT:-initial}
+DISTIL_TEMPERATURE=${DISTIL_TEMPERATURE:-1}
+DISTIL_WEIGHT=${DISTIL_WEIGHT:-0}
+DISTIL_LR=${DISTIL_LR:-$LR}
+DISTIL_EPOCHS=${DISTIL_EPOCHS:-$EPOCHS}
+RERANK_BATCH=${RERANK_BATCH:-128}
 ENCODE_BATCH=${ENCODE_BATCH:-128}
 NPROC=${NPROC:-1}
 SEARCH_BATCH=${SEARCH_BATCH:-4096}

@@ -21,7 +21,9 @@ STEP_LOG=
 # N_SPLITS (search is exact) and ZERO_SHOT (an extra evaluation) do not change any number).
 RESULT_SETTINGS=(DATA MODEL TOKENIZER POOLING NORMALIZE TEMPERATURE LR EPOCHS BATCH N_PASSAGES Q_MAX_LEN
                  P_MAX_LEN CORPUS_MAX_LEN N_SAMPLE SEED DEPTH FP16 TRAIN_EXTRA HN_DEPTH SKIP_TOP HN_INIT HN_LR
-                 HN_EPOCHS)
+                 HN_EPOCHS
+                 RERANKER_MODEL RERANKER_LR RERANKER_EPOCHS RERANKER_BATCH RERANKER_N_PASSAGES RERANK_DEPTH
+                 RERANK_P_MAX_LEN DISTIL_INIT DISTIL_TEMPERATURE DISTIL_WEIGHT DISTIL_LR DISTIL_EPOCHS)
 
 # $? must be read first: anything run before it (even basename) would reset it to 0.
 trap 'step_failed $?' ERR
@@ -70,6 +72,7 @@ resolve_settings() {
     MODEL=$packaged
   fi
   [[ $NPROC =~ ^[1-9][0-9]*$ ]] || die "NPROC must be a positive whole number of processes, not '$NPROC' (settings.sh)"
+  if [[ $RERANKER_MODEL == all-MiniLM-L6-v2 && ! -d $RERANKER_MODEL ]]; then RERANKER_MODEL=$MODEL; fi
   TOKENIZER=${TOKENIZER:-$MODEL}
   DATA_DIR=${DATA_DIR:-$(default_data_dir)}
   if [[ -n $OUT ]]; then
@@ -162,9 +165,10 @@ resolve_precision() {
 
 normalize_flag() { [[ $NORMALIZE == 1 ]] && echo "--normalize" || true; }
 
-# train_model INIT_MODEL TRAIN_DIR OUTPUT_DIR LR EPOCHS: one training run with the settings. The driver
-# keeps a finished model trained the same way ("up to date; skipping training"), resumes an interrupted
-# run from its last checkpoint, and refuses (exit 2, one line) a finished model trained otherwise.
+# train_model INIT_MODEL TRAIN_DIR OUTPUT_DIR LR EPOCHS [FLAG...]: one training run with the settings (and
+# the extra flags given). The driver keeps a finished model trained the same way ("up to date; skipping
+# training"), resumes an interrupted run from its last checkpoint, and refuses (exit 2, one line) a
+# finished model trained otherwise.
 train_model() {
   "$PYTHON" -m tevatron.driver.train --output_dir "$3" --model_name_or_path "$1" --train_dir "$2" \
     --tokenizer_name "$TOKENIZER" --pooling "$POOLING" --learning_rate "$4" --num_train_epochs "$5" \
@@ -172,7 +176,7 @@ train_model() {
     --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --seed "$SEED" \
     --temperature "$TEMPERATURE" $(normalize_flag) \
     --save_steps "$SAVE_STEPS" --logging_steps "$LOGGING_STEPS" --dataloader_num_workers "$WORKERS" \
-    $PRECISION $TRAIN_EXTRA
+    $PRECISION $TRAIN_EXTRA "${@:6}"
 }
 
 train_stage1() { train_model "$MODEL" "$DATA_DIR/bert/train" "$OUT/model" "$LR" "$EPOCHS"; }
@@ -271,4 +275,68 @@ encode_search_eval() {
     "$OUT/ranking/$name/intermediate" "$DEPTH" "$OUT/ranking/$name/dev.rank.tsv"
   "$PYTHON" "$SCRIPTS/score_to_marco.py" "$OUT/ranking/$name/dev.rank.tsv"
   evaluate_run "$OUT/ranking/$name/dev.rank.tsv" "$name"
+}
+
+# ----------------------------------------------------------------------------- stage 3 (rerank.sh, distil.sh)
+# init_model_for SETTING VARIABLE: sets VARIABLE to the model the stage of SETTING (HN_INIT, DISTIL_INIT)
+# starts from: initial (MODEL), stage1 or stage2 (the models of run.sh and train_hn.sh). Not echoed: die
+# must stop the script, not a subshell.
+init_model_for() {
+  case ${!1} in
+    initial) printf -v "$2" %s "$MODEL" ;;
+    stage1) printf -v "$2" %s "$OUT/model" ;;
+    stage2) printf -v "$2" %s "$OUT/model-hn" ;;
+    *) die "$1 must be initial, stage1 or stage2, not '${!1}' (settings.sh)" ;;
+  esac
+}
+
+# The stage-2 model must be finished and trained with these settings (the driver checks its record); it
+# made the stage-2 ranking, and its training folder $OUT/train-hn is what the reranker trains on.
+check_stage2_model() {
+  [[ -f $OUT/model-hn/.complete ]] || die "no finished stage-2 model in $OUT/model-hn; run train_hn.sh first (same settings)"
+  [[ $HN_INIT == initial || $HN_INIT == stage1 ]] || die "HN_INIT must be initial or stage1, not '$HN_INIT' (settings.sh)"
+  init_model_for HN_INIT HN_INIT_MODEL
+  train_model "$HN_INIT_MODEL" "$OUT/train-hn" "$OUT/model-hn" "$HN_LR" "$HN_EPOCHS"
+}
+
+# train_reranker: the cross-encoder, listwise on the stage-2 training groups (BM25 + hard negatives). Like
+# train_model, the driver skips a finished reranker trained the same way and resumes an interrupted one.
+train_reranker() {
+  "$PYTHON" -m tevatron.reranker.driver.train --output_dir "$OUT/reranker" --model_name_or_path "$RERANKER_MODEL" \
+    --train_dir "$OUT/train-hn" --learning_rate "$RERANKER_LR" --num_train_epochs "$RERANKER_EPOCHS" \
+    --per_device_train_batch_size "$RERANKER_BATCH" --train_n_passages "$RERANKER_N_PASSAGES" \
+    --q_max_len "$Q_MAX_LEN" --p_max_len "$RERANK_P_MAX_LEN" --seed "$SEED" \
+    --save_steps "$SAVE_STEPS" --logging_steps "$LOGGING_STEPS" --dataloader_num_workers "$WORKERS" $PRECISION
+}
+
+check_reranker() {
+  [[ -f $OUT/reranker/.complete ]] || die "no finished reranker in $OUT/reranker; run rerank.sh first (same settings)"
+  train_reranker
+}
+
+# rerank_and_eval RUN NAME: the reranker rescores the top RERANK_DEPTH of each dev query of RUN, into
+# $OUT/ranking/NAME/dev.rank.tsv (qid pid score, as the reducer writes), then evaluated as NAME.
+rerank_and_eval() {
+  local run=$1 name=$2
+  [[ -f $run ]] || die "no ranking $run to rerank"
+  mkdir -p "$OUT/ranking/$name"
+  "$PYTHON" -m tevatron.reranker.driver.rerank --model_name_or_path "$OUT/reranker" --run "$run" \
+    --queries "$DATA_DIR/bert/query/dev.query.json" --corpus "$DATA_DIR/bert/corpus/split*.json" \
+    --q_max_len "$Q_MAX_LEN" --p_max_len "$RERANK_P_MAX_LEN" --rerank_depth "$RERANK_DEPTH" \
+    --rerank_output "$OUT/ranking/$name/dev.rank.tsv" --per_device_eval_batch_size "$RERANK_BATCH" $PRECISION
+  "$PYTHON" "$SCRIPTS/score_to_marco.py" "$OUT/ranking/$name/dev.rank.tsv"
+  evaluate_run "$OUT/ranking/$name/dev.rank.tsv" "$name"
+}
+
+# score_groups: the reranker's score for every passage of the stage-2 training groups, written beside
+# them (positive_scores/negative_scores) into $OUT/train-distil, distillation's training folder.
+score_groups() {
+  "$PYTHON" -m tevatron.reranker.driver.score_groups --model_name_or_path "$OUT/reranker" \
+    --train_dir "$OUT/train-hn" --output_dir "$OUT/train-distil" --q_max_len "$Q_MAX_LEN" \
+    --p_max_len "$RERANK_P_MAX_LEN" --per_device_eval_batch_size "$RERANK_BATCH" $PRECISION
+}
+
+train_distilled() {
+  train_model "$DISTIL_INIT_MODEL" "$OUT/train-distil" "$OUT/model-distil" "$DISTIL_LR" "$DISTIL_EPOCHS" \
+    --distillation --distil_temperature "$DISTIL_TEMPERATURE" --distil_weight "$DISTIL_WEIGHT"
 }

@@ -4,7 +4,7 @@
     python msmarco-passage-ranking/results_table.py runs/scifact-quick --pin regressions/scifact-quick.json \
         --env PROFILE=quick DATA=../shared/data/scifact
 
-Reads ``OUT/metrics/{bm25,zero_shot,stage1,stage2}.json`` (written by the pipeline's evaluation steps)
+Reads ``OUT/metrics/{bm25,zero_shot,stage1,stage2,rerank_bm25,rerank_stage2,distil}.json`` (written by the pipeline's evaluation steps)
 and ``OUT/step_times.log`` (every step's wall time).
 """
 from __future__ import annotations
@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 
 ROWS = {"bm25": "BM25 (bm25s, k1 0.9, b 0.4)", "zero_shot": "zero-shot", "stage1": "stage 1 (BM25 negatives)",
-        "stage2": "stage 2 (BM25 + hard negatives)"}
+        "stage2": "stage 2 (BM25 + hard negatives)",
+        # stage 3 (rerank.sh, distil.sh)
+        "rerank_bm25": "reranker over BM25 top-100", "rerank_stage2": "reranker over stage-2 top-100",
+        "distil": "distilled bi-encoder"}
 METRICS = ("MRR@10", "nDCG@10", "Recall@100")
 
 

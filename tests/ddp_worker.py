@@ -21,13 +21,21 @@ def main(model_dir, batches_path, out_path, mode):
     batches = torch.load(batches_path, weights_only=True)
     local = batches[rank]
     # float64 so the comparison with one process is exact up to summation order
-    model = DenseModel.build(ModelArguments(model_name_or_path=model_dir), negatives_x_device=True).double()
+    # "distil" modes: the distillation loss (KL on each rank's own groups + 0.5 x the gathered contrastive loss)
+    model = DenseModel.build(ModelArguments(model_name_or_path=model_dir), negatives_x_device=True,
+                             distil_temperature=0.7, distil_weight=0.5).double()
     ddp = DistributedDataParallel(model, find_unused_parameters=True)
-    if mode == "grad_cache":
-        loss = grad_cache_step(ddp, local["query"], local["passage"], 2, 3, model.compute_loss)
+    teacher = local.get("teacher_scores") if mode.startswith("distil") else None
+    if mode.endswith("grad_cache"):
+        loss = grad_cache_step(ddp, local["query"], local["passage"], 2, 3,
+                               lambda q, p: model.compute_loss(q, p, teacher))
     else:
-        loss = ddp(query=local["query"], passage=local["passage"])["loss"]
+        loss = ddp(query=local["query"], passage=local["passage"], teacher_scores=teacher)["loss"]
         loss.backward()
+    if teacher is not None:  # the KL part is each rank's own mean: the loss HF logs is the mean over ranks
+        loss = loss.detach().clone()
+        dist.all_reduce(loss)
+        loss /= dist.get_world_size()
     if rank == 0:
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         torch.save({"loss": loss.detach(), "grads": grads}, out_path)

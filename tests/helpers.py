@@ -87,6 +87,29 @@ def make_batch(tokenizer, groups, n_passages=4, epoch=0, fixed=False):
     return collator(features)
 
 
+def teacher_score(passage, positive: bool) -> float:
+    """A toy teacher: a score that follows from the passage's tokens (so a test can tell which passage a
+    score belongs to), positives above negatives."""
+    return (sum(passage) % 101) / 20.0 + (4.0 if positive else 0.0)
+
+
+def scored_groups(groups) -> list[dict]:
+    """Groups with ``positive_scores``/``negative_scores`` as ``tevatron.reranker.driver.score_groups`` writes them."""
+    return [dict(group, positive_scores=[teacher_score(p, True) for p in group["positives"]],
+                 negative_scores=[teacher_score(n, False) for n in group["negatives"]]) for group in groups]
+
+
+def make_distil_batch(tokenizer, groups, n_passages=4, epoch=0):
+    """:func:`make_batch` of scored groups through the distillation dataset and collator (``teacher_scores`` added)."""
+    from tevatron.data import SequencePadder, TrainCollator, TrainDataset
+    from tevatron.distillation import DistillationCollator, DistillationDataset
+
+    dataset = DistillationDataset(TrainDataset(groups, n_passages, 42))
+    dataset.set_epoch(epoch)
+    collator = DistillationCollator(TrainCollator(SequencePadder(tokenizer), q_max_len=16, p_max_len=80))
+    return collator([dataset[i] for i in range(len(groups))])
+
+
 def loss_and_grads(model, batch):
     model.zero_grad()
     loss = model(**batch)["loss"]

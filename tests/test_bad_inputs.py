@@ -56,6 +56,15 @@ def malformed_train(folder: Path) -> None:
                 '{"query": [1, 2] "positives": [[3]], "negatives": [[4]]}')
 
 
+def scored_train(folder: Path, second_negative_scores: str) -> None:
+    """Two scored groups (``--distillation``); the second with the given ``negative_scores`` field."""
+    write_lines(folder / "train.jsonl",
+                '{"query": [1, 2], "positives": [[3]], "negatives": [[4], [5]], "positive_scores": [2.0], '
+                '"negative_scores": [0.5, 0.1]}',
+                '{"query": [1, 2], "positives": [[3]], "negatives": [[4], [5]], "positive_scores": [2.0], '
+                + second_negative_scores + '}')
+
+
 def malformed_encode_input(folder: Path) -> None:
     write_lines(folder / "corpus.json", '{"text_id": "p1", "text": [5, 6]}', '{"text_id": "p2", "text": [5,')
 
@@ -581,6 +590,17 @@ CASES = {
          "--encode_in_path", "corpus.json", "--encoded_save_path", "enc/corpus.pt"),
         error="corpus.json:3: text_id 'p0' repeated (first on line 1)", outputs=("enc/corpus.pt",),
         needs=("model",)),
+    # ---- teacher scores for --distillation
+    "distil-scores-length": Case(
+        "teacher scores (`--distillation`) not one per passage", lambda f: scored_train(f, '"negative_scores": [0.5]'),
+        ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "{model}", "--train_dir",
+         "train.jsonl", "--train_n_passages", "2", "--max_steps", "1", "--cache_dir", "cache", "--distillation"),
+        error="train.jsonl:2: negative_scores has 1 scores for 2 negatives", outputs=("out",), needs=("model",)),
+    "distil-scores-nan": Case(
+        "NaN teacher score (`--distillation`)", lambda f: scored_train(f, '"negative_scores": [NaN, 0.5]'),
+        ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "{model}", "--train_dir",
+         "train.jsonl", "--train_n_passages", "2", "--max_steps", "1", "--cache_dir", "cache", "--distillation"),
+        error="train.jsonl:2: negative_scores[0] nan is not a finite number", outputs=("out",), needs=("model",)),
     # ---- degenerate encodings
     "encode-identical-vectors": Case(
         "every distinct text encoded to the same vector (here `--p_max_len 3` leaves one token, the same in all)",

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO_ROOT, build_model, loss_and_grads, make_batch, toy_groups, write_jsonl
+from helpers import (REPO_ROOT, build_model, loss_and_grads, make_batch, make_distil_batch, scored_groups, toy_groups,
+                     write_jsonl)
 from tevatron.gradcache import grad_cache_step
 from tevatron.tokenization import load_tokenizer
 
@@ -29,7 +30,7 @@ def torchrun(*args, timeout=600):
 def split_batches(tiny_bert_dir, tmp_path_factory):
     tokenizer = load_tokenizer(str(tiny_bert_dir))
     groups = toy_groups(8, seed=5)
-    whole = make_batch(tokenizer, groups)
+    whole = make_distil_batch(tokenizer, scored_groups(groups))
     per_rank = len(groups) // WORLD
     parts = [make_batch(tokenizer, groups[r * per_rank:(r + 1) * per_rank]) for r in range(WORLD)]
     # each rank's groups must sample exactly as in the whole batch (index-seeded): rebuild from whole
@@ -39,21 +40,28 @@ def split_batches(tiny_bert_dir, tmp_path_factory):
             rows = slice(r * size, (r + 1) * size)
             width = int(whole[side]["attention_mask"][rows].sum(1).max())
             part[side] = {k: v[rows, :width].contiguous() for k, v in whole[side].items()}
+        part["teacher_scores"] = whole["teacher_scores"][r * per_rank:(r + 1) * per_rank].double()
     path = tmp_path_factory.mktemp("ddp") / "batches.pt"
     torch.save(parts, path)
     return whole, path
 
 
-@pytest.mark.parametrize("mode", ["plain", "grad_cache"])
+@pytest.mark.parametrize("mode", ["plain", "grad_cache", "distil", "distil_grad_cache"])
 def test_two_processes_equal_one_with_double_batch(tiny_bert_dir, split_batches, tmp_path, mode):
+    """Distillation under DDP: the KL term is each process's mean over its own queries (their groups are
+    local), which DDP's gradient averaging makes the mean over all queries; the contrastive term gathers."""
     whole, batches_path = split_batches
     model = build_model(tiny_bert_dir).double()
-    if mode == "grad_cache":
+    teacher = whole["teacher_scores"].double() if mode.startswith("distil") else None
+    model.distil_temperature, model.distil_weight = 0.7, 0.5
+    if mode.endswith("grad_cache"):
         model.zero_grad()
-        reference_loss = grad_cache_step(model, whole["query"], whole["passage"], 3, 5, model.compute_loss)
+        reference_loss = grad_cache_step(model, whole["query"], whole["passage"], 3, 5,
+                                         lambda q, p: model.compute_loss(q, p, teacher))
         reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     else:
-        reference_loss, reference = loss_and_grads(model, whole)
+        batch = {"query": whole["query"], "passage": whole["passage"], "teacher_scores": teacher}
+        reference_loss, reference = loss_and_grads(model, batch)
     result = torchrun(REPO_ROOT / "tests" / "ddp_worker.py", tiny_bert_dir, batches_path, tmp_path / "out.pt", mode)
     assert result.returncode == 0, result.stderr[-3000:]
     got = torch.load(tmp_path / "out.pt", weights_only=True)

@@ -35,6 +35,7 @@ RUN_BOUNDS = {"per_device_train_batch_size": POSITIVE, "per_device_eval_batch_si
               "dataloader_prefetch_factor": POSITIVE, "torch_empty_cache_steps": POSITIVE,
               "ddp_timeout": POSITIVE, "ddp_bucket_cap_mb": POSITIVE, "neftune_noise_alpha": above(0),
               "local_rank": at_least(-1), "gc_q_chunk_size": POSITIVE, "gc_p_chunk_size": POSITIVE}
+DISTIL_BOUNDS = {"distil_temperature": above(0), "distil_weight": NON_NEGATIVE}
 
 
 @dataclass
@@ -139,9 +140,21 @@ class TevatronTrainingArguments(TrainingArguments):
     gc_p_chunk_size: int = field(default=32, metadata={"help": "passages per chunk under --grad_cache"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into a non-empty output directory (otherwise its last checkpoint is resumed)"})
+    # distillation from teacher scores carried in the training groups (tevatron/distillation.py);
+    # --distil_temperature is Tevatron v2's name (there it divides student and teacher scores alike)
+    distillation: bool = field(default=False, metadata={
+        "help": "learn the teacher's distribution over each group (positive_scores/negative_scores in the "
+                "training files): KL(softmax(teacher / distil_temperature) || softmax(similarity / temperature))"})
+    distil_temperature: float = field(default=1.0, metadata={
+        "help": "with --distillation: the teacher's scores are divided by this before their softmax"})
+    distil_weight: float = field(default=0.0, metadata={
+        "help": "with --distillation: loss = KL + distil_weight * the in-batch contrastive loss"})
 
     def __post_init__(self):
         check_ranges(self, RUN_BOUNDS)
+        check_ranges(self, DISTIL_BOUNDS)
+        if not self.distillation and (self.distil_temperature != 1.0 or self.distil_weight != 0.0):
+            raise ValueError("--distil_temperature and --distil_weight apply only with --distillation")
         resolve_mixed_precision(self)
         if "warmup_ratio" not in {f.name for f in fields(TrainingArguments)} and not self.warmup_steps and self.warmup_ratio:
             # transformers 5 dropped warmup_ratio; a float warmup_steps in (0, 1) is read as a ratio there.

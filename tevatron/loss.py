@@ -69,3 +69,39 @@ def contrastive_loss(q_reps: torch.Tensor, p_reps: torch.Tensor, temperature: fl
     if world > 1:
         loss = _ScaleGradient.apply(loss, float(world))
     return loss
+
+
+def group_scores(q_reps: torch.Tensor, p_reps: torch.Tensor, n_passages: int, temperature: float = 1.0) -> torch.Tensor:
+    """[queries, n_passages]: each query's similarity to the passages of its own group only (the groups
+    are consecutive runs of ``n_passages`` rows of ``p_reps``, in query order)."""
+    if p_reps.shape[0] != q_reps.shape[0] * n_passages:
+        raise ValueError(f"{p_reps.shape[0]} passage vectors for {q_reps.shape[0]} queries of {n_passages} passages each")
+    groups = p_reps.view(q_reps.shape[0], n_passages, -1)
+    return torch.einsum("qd,qnd->qn", q_reps, groups) / temperature
+
+
+def distillation_loss(q_reps: torch.Tensor, p_reps: torch.Tensor, teacher_scores: torch.Tensor,
+                      temperature: float = 1.0, distil_temperature: float = 1.0, distil_weight: float = 0.0,
+                      negatives_x_device: bool = False) -> torch.Tensor:
+    """KL(teacher || student) over each query's group, plus ``distil_weight`` times the contrastive loss.
+
+    For query i with group passages j = 1..n (the positive first): the teacher's distribution is
+    P_i = softmax(teacher_scores[i] / distil_temperature), the student's Q_i = softmax(s_i) with
+    s_ij = sim(q_i, p_ij) / temperature (the same scores the contrastive loss uses), and
+
+        loss = mean_i sum_j P_ij (log P_ij - log Q_ij)  +  distil_weight * contrastive_loss(...)
+
+    The KL term uses only the query's own group, so it is local to each process: under DDP every process
+    takes the mean over its own queries and DDP's gradient averaging makes that the mean over all queries
+    (equal batches per process).  The contrastive term is the in-batch loss, gathered across processes with
+    ``negatives_x_device`` as in :func:`contrastive_loss`.  The teacher's softmax runs in float64, so any
+    finite teacher scores give finite probabilities (a probability of 0 adds 0: 0 log 0 = 0).
+    """
+    n_passages = teacher_scores.shape[1]
+    student = group_scores(at_least_fp32(q_reps), at_least_fp32(p_reps), n_passages, temperature)
+    student_log_probs = F.log_softmax(student, dim=1)
+    teacher_probs = F.softmax(teacher_scores.double() / distil_temperature, dim=1).to(student_log_probs.dtype)
+    kl = (torch.special.xlogy(teacher_probs, teacher_probs) - teacher_probs * student_log_probs).sum(dim=1).mean()
+    if distil_weight == 0:
+        return kl
+    return kl + distil_weight * contrastive_loss(q_reps, p_reps, temperature, negatives_x_device)

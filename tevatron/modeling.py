@@ -18,7 +18,7 @@ from torch import nn
 
 from .bert_rewrites import enable_cls_shortcut
 from .files import InputError
-from .loss import contrastive_loss
+from .loss import contrastive_loss, distillation_loss
 from .provenance import new_model_fingerprint
 from .tokenization import refuse_untrusted_code
 
@@ -236,7 +236,8 @@ def _load_encoder(name_or_path, model_args=None, **kwargs):
 
 class DenseModel(nn.Module):
     def __init__(self, lm_q: nn.Module, lm_p: nn.Module | None, config: DenseConfig,
-                 pooler: LinearPooler | None = None, negatives_x_device: bool = False):
+                 pooler: LinearPooler | None = None, negatives_x_device: bool = False,
+                 distil_temperature: float = 1.0, distil_weight: float = 0.0):
         super().__init__()
         self.lm_q = lm_q
         if lm_p is not None:  # registered only when untied: a tied model holds one copy of the weights
@@ -244,6 +245,9 @@ class DenseModel(nn.Module):
         self.pooler = pooler
         self.dense_config = config
         self.negatives_x_device = negatives_x_device
+        # --distillation: used when a batch brings teacher scores (tevatron.distillation)
+        self.distil_temperature = distil_temperature
+        self.distil_weight = distil_weight
         if config.pooling == "cls":
             for encoder in self.encoders():
                 enable_cls_shortcut(encoder)
@@ -299,15 +303,21 @@ class DenseModel(nn.Module):
     def encode_passage(self, batch: dict) -> torch.Tensor:
         return self._encode(batch, is_query=False)
 
-    def compute_loss(self, q_reps: torch.Tensor, p_reps: torch.Tensor) -> torch.Tensor:
+    def compute_loss(self, q_reps: torch.Tensor, p_reps: torch.Tensor,
+                     teacher_scores: torch.Tensor | None = None) -> torch.Tensor:
+        """The contrastive loss; with ``teacher_scores`` [queries, passages per query] the distillation loss."""
+        if teacher_scores is not None:
+            return distillation_loss(q_reps, p_reps, teacher_scores, self.dense_config.temperature,
+                                     self.distil_temperature, self.distil_weight, self.negatives_x_device)
         return contrastive_loss(q_reps, p_reps, self.dense_config.temperature, self.negatives_x_device)
 
-    def forward(self, query: dict | None = None, passage: dict | None = None) -> dict:
-        """Encode whatever is given; with both, also return the contrastive loss."""
+    def forward(self, query: dict | None = None, passage: dict | None = None,
+                teacher_scores: torch.Tensor | None = None) -> dict:
+        """Encode whatever is given; with both, also return the loss (see :meth:`compute_loss`)."""
         q_reps, p_reps = self.encode_query(query), self.encode_passage(passage)
         output = {"q_reps": q_reps, "p_reps": p_reps}
         if q_reps is not None and p_reps is not None:
-            output["loss"] = self.compute_loss(q_reps, p_reps)
+            output["loss"] = self.compute_loss(q_reps, p_reps, teacher_scores)
         return output
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
@@ -316,7 +326,8 @@ class DenseModel(nn.Module):
 
     # ------------------------------------------------------------------ build / load / save
     @classmethod
-    def build(cls, model_args, negatives_x_device: bool = False, **hf_kwargs) -> "DenseModel":
+    def build(cls, model_args, negatives_x_device: bool = False, distil_temperature: float = 1.0,
+              distil_weight: float = 0.0, **hf_kwargs) -> "DenseModel":
         """A fresh bi-encoder from a pretrained language model, for training."""
         path = model_args.model_name_or_path
         config = DenseConfig(pooling=resolve_pooling(model_args.pooling, path), normalize=model_args.normalize,
@@ -340,7 +351,8 @@ class DenseModel(nn.Module):
                 cls._load_pooler_weights(pooler, Path(path, POOLER_WEIGHTS))
         logger.info("built %s bi-encoder from %s: %s pooling%s%s", "untied" if config.untie_encoder else "tied",
                     path, config.pooling, ", linear pooler" if pooler else "", ", normalized" if config.normalize else "")
-        return cls(lm_q, lm_p, config, pooler, negatives_x_device=negatives_x_device)
+        return cls(lm_q, lm_p, config, pooler, negatives_x_device=negatives_x_device,
+                   distil_temperature=distil_temperature, distil_weight=distil_weight)
 
     @classmethod
     def load(cls, model_name_or_path, model_args=None, pooling: str | None = None,

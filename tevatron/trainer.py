@@ -8,6 +8,7 @@ An interrupted run (checkpoints, no record) resumes from its last finished check
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -72,7 +73,7 @@ class TevatronTrainer(Trainer):
         self.add_callback(_NoCheckpointAtTheEnd())  # after HF's DefaultFlowCallback, so it has the last word
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(query=inputs["query"], passage=inputs["passage"])
+        outputs = model(query=inputs["query"], passage=inputs["passage"], teacher_scores=inputs.get("teacher_scores"))
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -104,7 +105,8 @@ class TevatronTrainer(Trainer):
         unwrapped = self.accelerator.unwrap_model(model)
         loss = grad_cache_step(
             model, inputs["query"], inputs["passage"], self.args.gc_q_chunk_size, self.args.gc_p_chunk_size,
-            compute_loss=unwrapped.compute_loss, backward=self.accelerator.backward,
+            compute_loss=functools.partial(unwrapped.compute_loss, teacher_scores=inputs.get("teacher_scores")),
+            backward=self.accelerator.backward,
             autocast=self.autocast_smart_context_manager,
             loss_scale=1.0 / self.args.gradient_accumulation_steps)
         return loss / self.args.gradient_accumulation_steps
@@ -174,6 +176,9 @@ def training_provenance(model_args, data_args, training_args) -> dict:
     if model_args.add_pooler:
         record.update(projection_in_dim=model_args.projection_in_dim,
                       projection_out_dim=model_args.projection_out_dim)
+    if training_args.distillation:  # recorded only when on, so records of plain runs stay as they were
+        record.update(distillation=True, distil_temperature=training_args.distil_temperature,
+                      distil_weight=training_args.distil_weight)
     if training_args.device.type == "cpu":  # the CPU dropout kind draws other masks
         record["cpu_dropout"] = model_args.cpu_dropout
     record.update({name: _json_value(getattr(training_args, name, None)) for name in _RESULT_TRAINING_ARGUMENTS})

@@ -11,7 +11,8 @@ from transformers import HfArgumentParser, set_seed
 from tevatron.argument_checks import parse_dataclasses
 from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingArguments, resolve_mixed_precision
 from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups
-from tevatron.cli import command
+from tevatron.cli import CommandError, command
+from tevatron.distillation import DistillationCollator, DistillationDataset, load_scored_groups
 from tevatron.files import check_output_dir
 from tevatron.cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
 from tevatron.modeling import DenseModel, check_model_folder
@@ -46,6 +47,9 @@ def main(argv=None) -> int:
     check_model_folder(model_args.model_name_or_path, model_args)  # before anything heavy loads
     if getattr(training_args, "cpu_bf16_requested", False):  # CPU --bf16: decided on the model's shape
         resolve_mixed_precision(training_args, _hidden_size(model_args), training=True)
+    if training_args.distillation and data_args.train_n_passages < 2:
+        raise CommandError("--distillation needs --train_n_passages of at least 2: the teacher's distribution "
+                           "over a group of one passage is always 1")
     wanted = training_provenance(model_args, data_args, training_args)  # records the precision decided
     if not prepare_output_dir(training_args, wanted):
         shutdown_distributed()
@@ -54,19 +58,24 @@ def main(argv=None) -> int:
 
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
-    model = DenseModel.build(model_args, negatives_x_device=training_args.negatives_x_device)
+    model = DenseModel.build(model_args, negatives_x_device=training_args.negatives_x_device,
+                             distil_temperature=training_args.distil_temperature,
+                             distil_weight=training_args.distil_weight)
     if training_args.device.type == "cpu":
         use_onednn_linear(model, model_args.cpu_linear)
         if model_args.cpu_dropout == "fast":
             use_fast_cpu_dropout(model)
+    load_groups = load_scored_groups if training_args.distillation else load_train_groups
     with training_args.main_process_first(desc="loading training data"):
-        groups = load_train_groups(data_args, vocab_size=model.vocab_size(), cache_dir=model_args.cache_dir)
+        groups = load_groups(data_args, vocab_size=model.vocab_size(), cache_dir=model_args.cache_dir)
     train_dataset = TrainDataset(groups, data_args.train_n_passages, training_args.seed)
     logger.info("%d training groups, %d passages each", len(train_dataset), data_args.train_n_passages)
     pad_multiple = 8 if (training_args.fp16 or training_args.bf16) else None  # tensor-core friendly on GPU
     collator = TrainCollator(SequencePadder(tokenizer, pad_to_multiple_of=pad_multiple),
                              q_max_len=model.fit_max_len(data_args.q_max_len, "--q_max_len"),
                              p_max_len=model.fit_max_len(data_args.p_max_len, "--p_max_len"))
+    if training_args.distillation:  # teacher scores sampled with their passages, a tensor in each batch
+        train_dataset, collator = DistillationDataset(train_dataset), DistillationCollator(collator)
 
     trainer = TevatronTrainer(model=model, args=training_args, train_dataset=train_dataset,
                               data_collator=collator, processing_class=tokenizer, run_provenance=wanted)

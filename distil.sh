@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Stage 3b: distil the reranker into the bi-encoder. The reranker scores every passage of the stage-2
+# training groups ($OUT/train-distil: the groups with positive_scores/negative_scores), the bi-encoder
+# learns its distribution over each group (tevatron.driver.train --distillation, from DISTIL_INIT), then
+# encode, search, reduce and evaluate on the dev queries (metrics/distil.json).
+#
+#   bash distil.sh                 # after rerank.sh, with the same settings
+#
+# Settings: settings.sh (DISTIL_*). Every step calls its stage, which keeps an output that is up to date.
+set -Eeuo pipefail
+set -a; source "$(dirname "${BASH_SOURCE[0]}")/settings.sh"; set +a
+source "$(dirname "${BASH_SOURCE[0]}")/msmarco-passage-ranking/pipeline_common.sh"
+
+do_check_stage2() { check_stage2_model; }
+do_check_reranker() { check_reranker; }
+do_score_groups() { score_groups; }
+do_train_distil() { train_distilled; }
+do_distil_eval() { encode_search_eval "$OUT/model-distil" distil; }
+
+main() {
+  resolve_settings
+  resolve_precision
+  init_model_for DISTIL_INIT DISTIL_INIT_MODEL
+  STEP_LOG=$OUT/step_times.log
+  print_settings
+  require_prepared_data
+  if ! has_train_data; then nothing_to_train; return 0; fi
+  if [[ $DISTIL_INIT == initial ]]; then settle_hub_access; require_model "$MODEL"; fi
+  run_step check_stage2        # the training groups the teacher scores come from
+  run_step check_reranker      # the teacher
+  run_step score_groups
+  run_step train_distil
+  run_step distil_eval
+  print_step_times
+}
+
+main "$@"
