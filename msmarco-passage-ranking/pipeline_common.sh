@@ -69,6 +69,10 @@ resolve_settings() {
     MODEL=$packaged
   fi
   TOKENIZER=${TOKENIZER:-$MODEL}
+  lora_flags >/dev/null  # an unknown LORA value stops here
+  # the LoRA settings count only when LoRA is on, so the OUT of every run without it stays as it was
+  LORA_ALPHA=${LORA_ALPHA:-$((2 * LORA_R))}
+  if [[ -n $(lora_flags) ]]; then RESULT_SETTINGS+=(LORA LORA_R LORA_ALPHA); fi
   DATA_DIR=${DATA_DIR:-$(default_data_dir)}
   if [[ -n $OUT ]]; then
     OUT_ORIGIN="set by you"
@@ -160,6 +164,15 @@ resolve_precision() {
 
 normalize_flag() { [[ $NORMALIZE == 1 ]] && echo "--normalize" || true; }
 
+# LORA=1: train an adapter; the model folders then hold adapters, which the encode driver loads on their base.
+lora_flags() {
+  case $LORA in
+    1|true|yes) echo "--lora --lora_r $LORA_R --lora_alpha $LORA_ALPHA" ;;
+    0|false|no) ;;
+    *) die "LORA must be 0 or 1, not '$LORA' (settings.sh)" ;;
+  esac
+}
+
 # train_model INIT_MODEL TRAIN_DIR OUTPUT_DIR LR EPOCHS: one training run with the settings. The driver
 # keeps a finished model trained the same way ("up to date; skipping training"), resumes an interrupted
 # run from its last checkpoint, and refuses (exit 2, one line) a finished model trained otherwise.
@@ -170,7 +183,7 @@ train_model() {
     --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --seed "$SEED" \
     --temperature "$TEMPERATURE" $(normalize_flag) \
     --save_steps "$SAVE_STEPS" --logging_steps "$LOGGING_STEPS" --dataloader_num_workers "$WORKERS" \
-    $PRECISION $TRAIN_EXTRA
+    $PRECISION $(lora_flags) $TRAIN_EXTRA
 }
 
 train_stage1() { train_model "$MODEL" "$DATA_DIR/bert/train" "$OUT/model" "$LR" "$EPOCHS"; }

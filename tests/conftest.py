@@ -42,3 +42,9 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def tiny_decoder_dir(request, tmp_path_factory) -> Path:
+    from helpers import make_tiny_decoder
+    return make_tiny_decoder(tmp_path_factory.mktemp(f"tiny_{request.param}"), request.param)

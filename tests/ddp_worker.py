@@ -5,6 +5,7 @@ single process on the whole batch.
 """
 import gc
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -15,13 +16,17 @@ from tevatron.gradcache import grad_cache_step
 from tevatron.modeling import DenseModel
 
 
-def main(model_dir, batches_path, out_path, mode):
+def main(model_dir, batches_path, out_path, mode, variant="full"):
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     batches = torch.load(batches_path, weights_only=True)
     local = batches[rank]
     # float64 so the comparison with one process is exact up to summation order
-    model = DenseModel.build(ModelArguments(model_name_or_path=model_dir), negatives_x_device=True).double()
+    if variant == "lora":
+        from helpers import build_lora_model
+        model = build_lora_model(model_dir, negatives_x_device=True).double()
+    else:
+        model = DenseModel.build(ModelArguments(model_name_or_path=model_dir), negatives_x_device=True).double()
     ddp = DistributedDataParallel(model, find_unused_parameters=True)
     if mode == "grad_cache":
         loss = grad_cache_step(ddp, local["query"], local["passage"], 2, 3, model.compute_loss)
@@ -38,4 +43,5 @@ def main(model_dir, batches_path, out_path, mode):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/helpers.py
     main(*sys.argv[1:])
