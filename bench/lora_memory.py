@@ -48,6 +48,8 @@ def one_step(folder: str, lora: bool, args) -> dict:
                                             lora_alpha=2 * args.lora_r))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).train()
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if device.type == "cpu":
         use_onednn_linear(model, "auto")
         use_fast_cpu_dropout(model)
@@ -79,6 +81,8 @@ def main() -> None:
     parser.add_argument("--q_len", type=int, default=32)
     parser.add_argument("--p_len", type=int, default=128)
     parser.add_argument("--lora_r", type=int, default=16)
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="recompute each layer in the backward pass (as --gradient_checkpointing in training)")
     parser.add_argument("--child", nargs=2, metavar=("FOLDER", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -88,7 +92,7 @@ def main() -> None:
         n_parameters = build_decoder(Path(folder), args)
         print(f"random Llama decoder: {n_parameters / 1e6:.1f}M parameters, {args.layers} layers, hidden "
               f"{args.hidden}; one step of {args.queries} queries x {args.passages} passages "
-              f"(lengths {args.q_len}/{args.p_len})")
+              f"(lengths {args.q_len}/{args.p_len}){', gradient checkpointing' if args.gradient_checkpointing else ''}")
         results = {}
         for variant in ("full", "lora"):
             child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", folder, variant],

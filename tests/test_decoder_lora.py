@@ -205,8 +205,8 @@ def test_lora_command_line_train_resume_encode_search(tiny_decoder_dir, tmp_path
     assert torch.allclose(alone, v2, atol=1e-6)
     assert "lora base model" in encodings_provenance(tmp_path / "alone.pt")
     assert "lora adapter" in encodings_provenance(tmp_path / "v2.pt")
-    result = run_module("tevatron.faiss_retriever", "--query_reps", tmp_path / "alone.pt", "--passage_reps",
-                        tmp_path / "alone.pt", "--depth", 3, "--save_ranking_to", tmp_path / "rank.tsv")
+    result = run_module("tevatron.faiss_retriever", "--query_reps", tmp_path / "v2.pt", "--passage_reps",
+                        tmp_path / "alone.pt", "--depth", 3, "--save_ranking_to", tmp_path / "rank.pt")
     assert result.returncode == 0, result.stderr[-3000:]
 
 
