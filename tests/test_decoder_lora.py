@@ -297,3 +297,21 @@ def test_pipeline_lora_setting(tmp_path):
             assert expected in result.stdout
         else:
             assert result.returncode == 0 and "--lora" not in result.stdout
+
+
+def test_training_from_an_adapter_folder_continues_it_or_merges_it(tiny_decoder_dir, tmp_path):
+    """Stage 2 from a stage-1 LoRA folder: with --lora the same adapter trains on; without, the merged model
+    fine-tunes fully.  Either way the vectors start where stage 1 ended."""
+    tokenizer = load_tokenizer(str(tiny_decoder_dir))
+    batch = make_batch(tokenizer, toy_groups(4))
+    stage1 = build_model(tiny_decoder_dir, lora=True)
+    train_a_step(stage1, batch)
+    stage1.save(tmp_path / "stage1")
+    expected = encode(stage1, batch["passage"])
+    continued = build_model(tmp_path / "stage1", lora=True)
+    trainable = [n for n, p in continued.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable) and continued.lora_base == str(tiny_decoder_dir.resolve())
+    assert torch.allclose(encode(continued, batch["passage"]), expected, atol=1e-6)
+    full = build_model(tmp_path / "stage1")
+    assert full.lora_base is None and all(p.requires_grad for p in full.parameters())
+    assert torch.allclose(encode(full, batch["passage"]), expected, atol=1e-5)

@@ -403,8 +403,8 @@ class DenseModel(nn.Module):
             lm_q = load_adapter(_load_encoder(lora_base, model_args, **hf_kwargs), path, trainable=use_lora)
             if use_lora:
                 log_trainable_parameters(lm_q, f"LoRA adapter of {path} (training on)")
-            else:  # full fine-tuning of the adapted model
-                lm_q = lm_q.merge_and_unload()
+            else:  # full fine-tuning of the adapted model (peft froze the base weights: thaw them)
+                lm_q = lm_q.merge_and_unload().requires_grad_(True)
                 lora_base = None
             lm_p = None
         elif Path(path, QUERY_MODEL_DIR).is_dir():  # continue from an untied checkpoint
