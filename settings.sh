@@ -39,6 +39,10 @@ N_SPLITS=${N_SPLITS:-}          # [10 | 2] corpus splits (encoded and searched o
 DEPTH=${DEPTH:-}                # [1000] ranking depth for evaluation (Recall@1000 needs 1000)
 FP16=${FP16:-}                  # [auto] auto: --fp16 when a GPU is present | 1 | 0
 TRAIN_EXTRA=${TRAIN_EXTRA:-}    # [] more flags for tevatron.driver.train, both stages (e.g. --grad_cache, --max_steps 100)
+LORA=${LORA:-}                  # [0] 1: train a LoRA adapter (--lora) instead of every weight; encoding loads the adapter
+                                #   folders by themselves (more LoRA flags, e.g. --lora_dropout, go in TRAIN_EXTRA)
+LORA_R=${LORA_R:-}              # [16] LoRA rank (LORA=1)
+LORA_ALPHA=${LORA_ALPHA:-}      # [2 * LORA_R] LoRA alpha: updates scale by LORA_ALPHA / LORA_R (LORA=1)
 ZERO_SHOT=${ZERO_SHOT:-}        # [0 | 1] 1: also evaluate MODEL before training
 # hard-negative mining and stage 2 (mine_hard_neg.sh, train_hn.sh)
 HN_DEPTH=${HN_DEPTH:-}          # [200] mine negatives from the top HN_DEPTH of the stage-1 ranking
@@ -79,6 +83,8 @@ QRELS_TRAIN_URL=${QRELS_TRAIN_URL:-}  # [the official qrels.train.tsv]
 # ================================================================== PROFILE DEFAULTS (leave as is)
 # Fill only what is still empty above; an unknown PROFILE stops the scripts (pipeline_common.sh).
 PROFILE=${PROFILE:-marco}
+LORA=${LORA:-0}
+LORA_R=${LORA_R:-16}
 if [[ $PROFILE == quick ]]; then   # tuned for SciFact-sized data with all-MiniLM-L6-v2 on 2 CPU cores
   DATA=${DATA:-scifact}
   MODEL=${MODEL:-all-MiniLM-L6-v2}

@@ -16,6 +16,7 @@ setup(
         "tqdm",
         "bm25s>=0.2",
         "PyStemmer>=2.2",
+        "peft>=0.14",  # LoRA adapters (--lora); exclude_modules needs 0.14
     ],
     # ir_measures: only the metric parity tests use it; the library does not import it.
     # sentence-transformers: only tevatron.export (imported there when exporting) and its tests

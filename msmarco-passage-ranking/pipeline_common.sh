@@ -74,6 +74,10 @@ resolve_settings() {
   [[ $NPROC =~ ^[1-9][0-9]*$ ]] || die "NPROC must be a positive whole number of processes, not '$NPROC' (settings.sh)"
   if [[ $RERANKER_MODEL == all-MiniLM-L6-v2 && ! -d $RERANKER_MODEL ]]; then RERANKER_MODEL=$MODEL; fi
   TOKENIZER=${TOKENIZER:-$MODEL}
+  lora_flags >/dev/null  # an unknown LORA value stops here
+  # the LoRA settings count only when LoRA is on, so the OUT of every run without it stays as it was
+  LORA_ALPHA=${LORA_ALPHA:-$((2 * LORA_R))}
+  if [[ -n $(lora_flags) ]]; then RESULT_SETTINGS+=(LORA LORA_R LORA_ALPHA); fi
   DATA_DIR=${DATA_DIR:-$(default_data_dir)}
   if [[ -n $OUT ]]; then
     OUT_ORIGIN="set by you"
@@ -165,6 +169,15 @@ resolve_precision() {
 
 normalize_flag() { [[ $NORMALIZE == 1 ]] && echo "--normalize" || true; }
 
+# LORA=1: train an adapter; the model folders then hold adapters, which the encode driver loads on their base.
+lora_flags() {
+  case $LORA in
+    1|true|yes) echo "--lora --lora_r $LORA_R --lora_alpha $LORA_ALPHA" ;;
+    0|false|no) ;;
+    *) die "LORA must be 0 or 1, not '$LORA' (settings.sh)" ;;
+  esac
+}
+
 # train_model INIT_MODEL TRAIN_DIR OUTPUT_DIR LR EPOCHS [FLAG...]: one training run with the settings (and
 # the extra flags given). The driver keeps a finished model trained the same way ("up to date; skipping
 # training"), resumes an interrupted run from its last checkpoint, and refuses (exit 2, one line) a
@@ -176,7 +189,7 @@ train_model() {
     --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --seed "$SEED" \
     --temperature "$TEMPERATURE" $(normalize_flag) \
     --save_steps "$SAVE_STEPS" --logging_steps "$LOGGING_STEPS" --dataloader_num_workers "$WORKERS" \
-    $PRECISION $TRAIN_EXTRA "${@:6}"
+    $PRECISION $(lora_flags) $TRAIN_EXTRA "${@:6}"
 }
 
 train_stage1() { train_model "$MODEL" "$DATA_DIR/bert/train" "$OUT/model" "$LR" "$EPOCHS"; }

@@ -47,3 +47,9 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_reranker_dir(tmp_path_factory) -> Path:
     return make_tiny_reranker(tmp_path_factory.mktemp("tiny_reranker"))
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def tiny_decoder_dir(request, tmp_path_factory) -> Path:
+    from helpers import make_tiny_decoder
+    return make_tiny_decoder(tmp_path_factory.mktemp(f"tiny_{request.param}"), request.param)

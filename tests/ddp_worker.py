@@ -5,6 +5,7 @@ single process on the whole batch.
 """
 import gc
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -15,15 +16,19 @@ from tevatron.gradcache import grad_cache_step
 from tevatron.modeling import DenseModel
 
 
-def main(model_dir, batches_path, out_path, mode):
+def main(model_dir, batches_path, out_path, mode, variant="full"):
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     batches = torch.load(batches_path, weights_only=True)
     local = batches[rank]
     # float64 so the comparison with one process is exact up to summation order
-    # "distil" modes: the distillation loss (KL on each rank's own groups + 0.5 x the gathered contrastive loss)
-    model = DenseModel.build(ModelArguments(model_name_or_path=model_dir), negatives_x_device=True,
-                             distil_temperature=0.7, distil_weight=0.5).double()
+    if variant == "lora":
+        from helpers import build_lora_model
+        model = build_lora_model(model_dir, negatives_x_device=True).double()
+    else:
+        # "distil" modes: the distillation loss (KL on each rank's own groups + 0.5 x the gathered contrastive loss)
+        model = DenseModel.build(ModelArguments(model_name_or_path=model_dir), negatives_x_device=True,
+                                 distil_temperature=0.7, distil_weight=0.5).double()
     ddp = DistributedDataParallel(model, find_unused_parameters=True)
     teacher = local.get("teacher_scores") if mode.startswith("distil") else None
     if mode.endswith("grad_cache"):
@@ -46,4 +51,5 @@ def main(model_dir, batches_path, out_path, mode):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/helpers.py
     main(*sys.argv[1:])

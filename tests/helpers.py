@@ -133,3 +133,54 @@ def make_tiny_reranker(path: Path, seed: int = 0, hidden: int = 32, layers: int 
     tokenizer = AutoTokenizer.from_pretrained(str(packaged)) if packaged is not None else None
     save_cross_encoder(BertForSequenceClassification(config), path, tokenizer)
     return path
+
+
+def make_tiny_decoder_tokenizer(path: Path):
+    """A word-level tokenizer like a decoder's: ``<s>`` before every text, no suffix, ``</s>`` as eos and
+    a ``<pad>`` token (ids 0-3); other words map to ``<unk>`` (the toy data are token ids already)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, "hello": 4, "world": 5}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", unk_token="<unk>")
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+def make_tiny_decoder(path: Path, model_type: str = "llama", vocab_size: int = 30522, seed: int = 0,
+                      hidden: int = 32, layers: int = 2) -> Path:
+    """Save a tiny random decoder-only model (``llama`` or ``qwen2``, grouped key/value heads) as AutoModel
+    saves it (``LlamaModel``), with :func:`make_tiny_decoder_tokenizer`'s tokenizer, to ``path``."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=2 * hidden,
+                                  max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+                                  tie_word_embeddings=False)
+    AutoModel.from_config(config).save_pretrained(path)
+    make_tiny_decoder_tokenizer(path)
+    return path
+
+
+def build_lora_model(path, negatives_x_device: bool = False):
+    """A LoRA bi-encoder built the same way in every process: seeded adapter init, and non-zero B matrices
+    (peft starts them at zero, which would leave the A matrices without gradient)."""
+    import torch
+    from tevatron.arguments import ModelArguments
+    from tevatron.modeling import DenseModel
+
+    torch.manual_seed(0)
+    model = DenseModel.build(ModelArguments(model_name_or_path=str(path), lora=True, lora_r=4, lora_dropout=0.0),
+                             negatives_x_device=negatives_x_device)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    return model

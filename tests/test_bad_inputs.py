@@ -372,11 +372,34 @@ CASES = {
         error="odd_model/config.json: model type 'no-such-type' is not one transformers ", error_prefix=True,
         outputs=("enc/corpus.pt",)),
     "model-decoder-cls": Case(
-        "decoder-only (causal LM) model with CLS pooling", decoder_model,
+        "decoder-only (causal LM) model with CLS pooling (without --pooling a decoder gets last-token pooling)",
+        decoder_model,
         ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "gpt", "--train_dir",
-         "train.jsonl", "--train_n_passages", "2", "--max_steps", "1"),
-        error="gpt: a decoder-only model (GPT2LMHeadModel): with --pooling cls (default) every text would get the "
-              "same vector (a decoder's first token sees only itself); use --pooling mean", outputs=("out",)),
+         "train.jsonl", "--train_n_passages", "2", "--max_steps", "1", "--pooling", "cls"),
+        error="gpt: a decoder-only model (GPT2LMHeadModel): with --pooling cls every text would get the "
+              "same vector (a decoder's first token sees only itself); use --pooling last (or eos, or mean)",
+        outputs=("out",)),
+    "lora-not-adapter": Case(
+        "--lora_name_or_path naming a folder that holds no LoRA adapter", lambda f: (
+            model_config(f / "plain", model_type="bert"), out_of_vocab_encode_input(f)),
+        ("-m", "tevatron.driver.encode", "--output_dir", "enc", "--model_name_or_path", "{model}",
+         "--lora_name_or_path", "plain", "--encode_in_path", "corpus.json", "--encoded_save_path", "enc/corpus.pt"),
+        error="plain: not a LoRA adapter folder (no adapter_config.json)", outputs=("enc/corpus.pt",),
+        needs=("model",)),
+    "lora-unknown-target": Case(
+        "--lora with --lora_target_modules naming no layer of the model", train_groups,
+        ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "{model}", "--train_dir",
+         "train.jsonl", "--train_n_passages", "2", "--max_steps", "1", "--lora", "--lora_target_modules",
+         "query,q_proj"),
+        error="--lora_target_modules query,q_proj: q_proj names no linear layer of this bert model (it has: dense, "
+              "key, query, value)", outputs=("out",), needs=("model",)),
+    "attn-flash-missing": Case(
+        "--attn_implementation flash_attention_2 where flash-attn is not installed", train_groups,
+        ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "{model}", "--train_dir",
+         "train.jsonl", "--train_n_passages", "2", "--max_steps", "1", "--attn_implementation",
+         "flash_attention_2"),
+        error="--attn_implementation flash_attention_2 needs the flash-attn package, which is not installed "
+              "(pip install flash-attn, on a GPU machine); use sdpa", outputs=("out",), needs=("model",)),
     "model-remote-code": Case(
         "model folder whose config maps to its own Python code (auto_map), no --trust_remote_code, "
         "'y' on stdin", remote_code_model,

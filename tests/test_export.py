@@ -124,3 +124,27 @@ def test_cli_exports_and_refuses_untied_in_one_line(tiny_bert_dir, tmp_path):
                           "--max_seq_length", 512)  # the tiny model has 160 positions
     assert too_long.returncode == 2 and "longer than the model's 160 positions" in too_long.stderr
     assert not (tmp_path / "st4").exists()
+
+
+def test_decoder_last_token_pooling_and_lora_folder_export(tmp_path):
+    """A decoder with last-token pooling exports to sentence-transformers' lasttoken pooling; a LoRA model
+    folder exports merged; both give the encode driver's vectors."""
+    from sentence_transformers import SentenceTransformer
+    from helpers import make_tiny_decoder
+    from tevatron.export import export
+
+    base = make_tiny_decoder(tmp_path / "llama")
+    model = build_model(base, lora=True)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    model.save(tmp_path / "adapter")
+    load_tokenizer(str(base)).save_pretrained(tmp_path / "adapter")
+    texts = ["hello world", "world hello hello world world", "hello"]
+    expected = tevatron_vectors(tmp_path / "adapter", texts, is_query=False)
+    export(tmp_path / "adapter", tmp_path / "st", max_seq_length=MAX_LEN)
+    pooling = json.loads((tmp_path / "st" / "1_Pooling" / "config.json").read_text())
+    assert pooling.get("pooling_mode") == "lasttoken" or pooling.get("pooling_mode_lasttoken") is True
+    got = torch.as_tensor(SentenceTransformer(str(tmp_path / "st"), device="cpu").encode(texts, batch_size=3))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)

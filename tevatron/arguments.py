@@ -15,7 +15,8 @@ from tevatron.argument_checks import (NON_NEGATIVE, POSITIVE, SEED, TOKEN_LENGTH
 logger = logging.getLogger(__name__)
 
 
-MODEL_BOUNDS = {"projection_in_dim": POSITIVE, "projection_out_dim": POSITIVE, "temperature": above(0)}
+MODEL_BOUNDS = {"projection_in_dim": POSITIVE, "projection_out_dim": POSITIVE, "temperature": above(0),
+                "lora_r": POSITIVE, "lora_alpha": above(0), "lora_dropout": fraction(high_open=True)}
 # q_max_len 0 encodes every text as the same [CLS] [SEP]: one identical vector for all of them.
 # Passages per query per step: beyond a few thousand a step cannot fit any memory (and sampling them hangs).
 MAX_TRAIN_PASSAGES = 4096
@@ -50,17 +51,41 @@ class ModelArguments:
     projection_out_dim: int = field(default=768)
     normalize: bool = field(default=False, metadata={"help": "L2-normalise vectors (cosine similarity)"})
     pooling: str | None = field(default=None, metadata={
-        "help": "cls (the default), mean, or auto (follow a sentence-transformers 1_Pooling/config.json, else cls)"})
+        "help": "cls (the default; last for a decoder-only model), mean, last or eos (the last non-padding "
+                "token, for decoder-only models), or auto (follow a sentence-transformers 1_Pooling/config.json, "
+                "else cls)"})
     temperature: float = field(default=1.0, metadata={"help": "similarity is divided by this before softmax"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
     cpu_linear: str = field(default="auto", metadata={
         "help": "CPU fp32 linear layers: auto (oneDNN where measured faster than MKL), onednn, or torch"})
     cpu_dropout: str = field(default="fast", metadata={
         "help": "CPU training dropout: fast (16 random bits an element, p rounded to 1/32768) or torch"})
+    # decoder-only backbones and LoRA (Tevatron v2's names)
+    append_eos_token: bool = field(default=False, metadata={
+        "help": "append the tokenizer's eos token to every query and passage (within the max length)"})
+    attn_implementation: str = field(default="sdpa", metadata={
+        "help": "attention kernel passed to from_pretrained: sdpa, eager or flash_attention_2"})
+    lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (peft) instead of every weight"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (updates scale by alpha/r)"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA branch's input"})
+    lora_target_modules: str | None = field(default=None, metadata={
+        "help": "comma-separated module names LoRA adapts (default: the attention and MLP projections of the "
+                "architecture, e.g. q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; BERT: "
+                "query,key,value,dense)"})
+    lora_name_or_path: str | None = field(default=None, metadata={
+        "help": "encode with this LoRA adapter folder on top of --model_name_or_path (the base model)"})
+    merge_lora: bool = field(default=False, metadata={
+        "help": "save the trained model with the LoRA adapter merged into the weights (a plain model folder)"})
 
     def __post_init__(self):
-        if self.pooling not in (None, "cls", "mean", "auto"):
-            raise ValueError(f"--pooling must be cls, mean or auto, not {self.pooling!r}")
+        if self.pooling == "eos":  # Tevatron v2's name for the last-token pooling
+            self.pooling = "last"
+        if self.pooling not in (None, "cls", "mean", "last", "auto"):
+            raise ValueError(f"--pooling must be cls, mean, last (or eos) or auto, not {self.pooling!r}")
+        if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
+            raise ValueError(f"--attn_implementation must be sdpa, eager or flash_attention_2, "
+                             f"not {self.attn_implementation!r}")
         if self.cpu_linear not in ("auto", "onednn", "torch"):
             raise ValueError(f"--cpu_linear must be auto, onednn or torch, not {self.cpu_linear!r}")
         if self.cpu_dropout not in ("fast", "torch"):

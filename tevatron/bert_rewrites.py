@@ -101,8 +101,10 @@ def use_fused_qkv(model: nn.Module, qkv_linear) -> int:
     forward = functools.partial(_fused_qkv_attention_forward, qkv_linear=qkv_linear)
     count = 0
     for module in model.modules():
+        # plain linear projections only: a LoRA-wrapped one's .weight is its base weight, without the adapter
         if type(module).__name__ == "BertSelfAttention" and not getattr(module, "is_decoder", False) \
-                and all(getattr(module, n).bias is not None for n in ("query", "key", "value")):
+                and all(type(getattr(module, n)) is nn.Linear and getattr(module, n).bias is not None
+                        for n in ("query", "key", "value")):
             module.forward = types.MethodType(forward, module)
             count += 1
     return count

@@ -40,7 +40,8 @@ class _OneDnnLinearFunction(torch.autograd.Function):
         x2d = x.reshape(-1, x.shape[-1])
         if not x2d.is_contiguous():
             x2d = x2d.contiguous()
-        ctx.save_for_backward(x2d, weight)
+        # the input is needed only for the weight's gradient: a frozen weight (LoRA's base) keeps none
+        ctx.save_for_backward(x2d if weight.requires_grad else None, weight)
         ctx.input_shape = x.shape
         ctx.has_bias = bias is not None
         return _onednn_linear(x2d, weight, bias).view(*x.shape[:-1], weight.shape[0])
@@ -190,7 +191,9 @@ def cpu_training_attention(module, query, key, value, attention_mask, dropout: f
     fallback draws a float Bernoulli mask and re-checks the mask three times per layer."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if query.device.type != "cpu" or not module.training or dropout <= 0.0 or kwargs.get("output_attentions"):
+    # causal (decoder) attention and grouped key/value heads take SDPA, which handles both
+    if query.device.type != "cpu" or not module.training or dropout <= 0.0 or kwargs.get("output_attentions") \
+            or getattr(module, "is_causal", False) or key.shape[1] != query.shape[1]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling

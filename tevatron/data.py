@@ -204,10 +204,17 @@ class SequencePadder:
     """Adds special tokens, truncates and pads a list of id sequences to the longest one."""
     tokenizer: object
     pad_to_multiple_of: int | None = None
+    append_eos: bool = False  # --append_eos_token: the eos id ends every text (decoder last-token pooling)
+    padding_side: str = "right"  # pooling and position ids read the mask, so either side gives the same vectors
 
     def __post_init__(self):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.prefix, self.suffix = special_token_frame(self.tokenizer)
+        if self.append_eos:
+            if self.tokenizer.eos_token_id is None:
+                raise CommandError(f"--append_eos_token: the tokenizer ({type(self.tokenizer).__name__}) has no "
+                                   "eos token")
+            self.suffix = self.suffix + [self.tokenizer.eos_token_id]
         self.n_special = len(self.prefix) + len(self.suffix)
 
     def __call__(self, sequences: Sequence[Sequence[int]], max_len: int, pad_to: int | None = None) -> dict:
@@ -220,8 +227,9 @@ class SequencePadder:
         input_ids = torch.full((len(built), longest), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(built), longest), dtype=torch.long)
         for row, ids in enumerate(built):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids)] = 1
+            columns = slice(longest - len(ids), longest) if self.padding_side == "left" else slice(0, len(ids))
+            input_ids[row, columns] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, columns] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def check_room(self, max_len: int, flag: str) -> None:

@@ -45,8 +45,11 @@ def read_dense_config(model_dir: Path) -> DenseConfig:
     if not isinstance(saved, dict):
         raise InputError(path, "not a JSON object")
     config = DenseConfig(**{k: v for k, v in saved.items() if k in DenseConfig.__dataclass_fields__})
-    if config.pooling not in ("cls", "mean"):
+    if config.pooling not in ("cls", "mean", "last"):
         raise InputError(path, f"pooling {config.pooling!r} has no sentence-transformers equivalent")
+    if config.append_eos_token:
+        raise CommandError(f"{model_dir}: trained with --append_eos_token, which a sentence-transformers model "
+                           "does not do (its tokenizer adds no eos token); nothing written")
     return config
 
 
@@ -99,7 +102,10 @@ def build_sentence_transformer(model_dir: Path, config: DenseConfig, max_seq_len
         positions -= 2  # RoBERTa-style models reserve two positions for the padding offset
     if positions and max_seq_length > positions:
         raise CommandError(f"--max_seq_length {max_seq_length} is longer than the model's {positions} positions")
-    modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), pooling_mode=config.pooling)]
+    # last-token pooling reads the last non-padding token; right padding keeps each text's positions as encode has them
+    transformer.tokenizer.padding_side = "right"
+    pooling_mode = {"last": "lasttoken"}.get(config.pooling, config.pooling)
+    modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), pooling_mode=pooling_mode)]
     if config.add_pooler:
         state = read_pooler(model_dir / POOLER_WEIGHTS)
         weight, bias = state["linear_q.weight"], state["linear_q.bias"]
@@ -171,6 +177,13 @@ def base_model_name(model_dir: Path) -> str:
 def export(model_dir, output_dir, max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH) -> Path:
     """Write the sentence-transformers folder ``output_dir`` for the tevatron model in ``model_dir``."""
     model_dir, output_dir = Path(model_dir), Path(output_dir)
+    from tevatron.lora import is_adapter_folder
+    if is_adapter_folder(model_dir):  # a LoRA model: exported with the adapter merged into its base
+        import tempfile
+        with tempfile.TemporaryDirectory() as merged:
+            from tevatron.merge_lora import merge_adapter
+            merge_adapter(model_dir, merged)
+            return export(merged, output_dir, max_seq_length)
     config = read_dense_config(model_dir)
     refuse_untranslatable(model_dir, config)
     if output_dir.resolve() == model_dir.resolve():

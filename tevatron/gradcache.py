@@ -22,9 +22,13 @@ def split_batch(batch: dict, chunk_size: int) -> list[dict]:
 
 
 def trim_padding(batch: dict) -> dict:
-    """Drop the columns that are padding in every row of this chunk (less compute per chunk)."""
-    longest = int(batch["attention_mask"].sum(dim=1).max())
-    return {k: v[:, :longest] for k, v in batch.items()}
+    """Drop the columns that are padding in every row of this chunk (less compute per chunk), on the
+    right or, for a left-padded batch, on the left."""
+    used = batch["attention_mask"].bool().any(dim=0).nonzero().flatten()
+    if used.numel() == 0:
+        return batch
+    start, stop = int(used[0]), int(used[-1]) + 1
+    return {k: v[:, start:stop] for k, v in batch.items()}
 
 
 def all_reduce_gradients(parameters) -> None:

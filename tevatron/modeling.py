@@ -39,6 +39,7 @@ class DenseConfig:
     add_pooler: bool = False
     projection_in_dim: int = 768
     projection_out_dim: int = 768
+    append_eos_token: bool = False
 
 
 def sentence_transformers_pooling(model_dir) -> str | None:
@@ -51,6 +52,8 @@ def sentence_transformers_pooling(model_dir) -> str | None:
         return "mean"
     if config.get("pooling_mode_cls_token"):
         return "cls"
+    if config.get("pooling_mode_lasttoken") or config.get("pooling_mode") == "lasttoken":
+        return "last"
     return None
 
 
@@ -117,7 +120,10 @@ DECODER_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
 
 
 def _is_decoder_only(config) -> bool:
-    """Whether a config is a causal (left-to-right) language model, whose first token sees only itself."""
+    """Whether a config is a causal (left-to-right) language model, whose first token sees only itself.
+
+    Saved architectures ending in ForCausalLM/LMHeadModel say so; otherwise (``LlamaModel``, as AutoModel
+    saves it, or no architectures) the model type decides: one with a causal-LM head and no masked-LM head."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
 
     if getattr(config, "is_encoder_decoder", False):
@@ -125,9 +131,20 @@ def _is_decoder_only(config) -> bool:
     if getattr(config, "is_decoder", False):
         return True
     architectures = getattr(config, "architectures", None) or []
-    if architectures:
-        return any(str(name).endswith(DECODER_ARCHITECTURES) for name in architectures)
+    if any(str(name).endswith(DECODER_ARCHITECTURES) for name in architectures):
+        return True
     return type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and type(config) not in MODEL_FOR_MASKED_LM_MAPPING
+
+
+def check_attn_implementation(name: str | None) -> None:
+    """flash_attention_2 needs the flash-attn package (and a GPU); say so in one line, before loading."""
+    import importlib.util
+
+    from .cli import CommandError
+
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise CommandError("--attn_implementation flash_attention_2 needs the flash-attn package, which is not "
+                           "installed (pip install flash-attn, on a GPU machine); use sdpa")
 
 
 def _load_config_or_refuse(source, trust: bool, cache_dir):
@@ -158,8 +175,21 @@ def check_model_folder(name_or_path, model_args=None, for_encoding: bool = False
     ``for_encoding``: the model is loaded to encode, so a pooling saved with it wins over --pooling."""
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+    from .lora import base_model_of, check_adapter_folder, is_adapter_folder
+
     trust = bool(getattr(model_args, "trust_remote_code", False))
     cache_dir = getattr(model_args, "cache_dir", None)
+    check_attn_implementation(getattr(model_args, "attn_implementation", None))
+    lora_dir = getattr(model_args, "lora_name_or_path", None)
+    if lora_dir:
+        check_adapter_folder(lora_dir)
+    # where a saved pooling is read: the adapter folder of a LoRA model, else the model folder
+    saved_dir = lora_dir or (name_or_path if Path(str(name_or_path)).is_dir() else None)
+    if not lora_dir and is_adapter_folder(name_or_path):  # a LoRA model folder: its base holds the weights
+        base = base_model_of(name_or_path)
+        if not Path(base).expanduser().exists() and _LOCAL_PATH.search(base):
+            raise InputError(name_or_path, f"its base model {base} does not exist")
+        name_or_path = base
     name = str(name_or_path)
     path = Path(name).expanduser()
     if path.exists():
@@ -183,18 +213,25 @@ def check_model_folder(name_or_path, model_args=None, for_encoding: bool = False
             raise InputError(source, f"model type {config.model_type!r} has no model class AutoModel can load")
         if getattr(config, "is_encoder_decoder", False):
             raise InputError(source, f"an encoder-decoder model ({config.model_type}); this toolkit needs an "
-                             "encoder (BERT-like) or a decoder with --pooling mean")
+                             "encoder (BERT-like) or a decoder-only model")
         requested = getattr(model_args, "pooling", None)
-        pooling = planned_pooling(requested, name if path.is_dir() else None, follow_saved=for_encoding)
+        pooling = planned_pooling(requested, saved_dir, follow_saved=for_encoding)
+        if pooling == "cls" and requested is None and _is_decoder_only(config) \
+                and not (for_encoding and saved_dir and saved_pooling(saved_dir)):
+            logger.info("%s is a decoder-only model: last-token pooling (--pooling last, the default for "
+                        "decoder-only models)", name)
+            if model_args is not None:
+                model_args.pooling = "last"
+            continue
         if pooling == "cls" and _is_decoder_only(config):
-            if for_encoding and path.is_dir() and saved_pooling(path):
+            if for_encoding and saved_dir and saved_pooling(saved_dir):
                 chosen = "the cls pooling it was trained with"
             else:
                 chosen = {None: "--pooling cls (default)", "auto": "--pooling auto (cls here)"}.get(requested,
                                                                                                    "--pooling cls")
             kind = ", ".join(getattr(config, "architectures", None) or [config.model_type])
             raise InputError(name, f"a decoder-only model ({kind}): with {chosen} every text would get the same "
-                             "vector (a decoder's first token sees only itself); use --pooling mean")
+                             "vector (a decoder's first token sees only itself); use --pooling last (or eos, or mean)")
 
 
 class LinearPooler(nn.Module):
@@ -216,9 +253,23 @@ class LinearPooler(nn.Module):
         return {k: v.contiguous() for k, v in state.items()}
 
 
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the position of the last non-padding token, whether the batch is padded left or right."""
+    width = attention_mask.shape[1]
+    return width - 1 - attention_mask.flip(dims=[1]).argmax(dim=1)
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counting real tokens only, so a left-padded text gets the positions it has unpadded."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     if pooling == "cls":
         return hidden[:, 0]
+    if pooling == "last":
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, last_token_index(attention_mask).to(hidden.device)]
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
@@ -230,14 +281,23 @@ def _load_encoder(name_or_path, model_args=None, **kwargs):
     cache_dir = getattr(model_args, "cache_dir", None)
     config_name = getattr(model_args, "config_name", None) or name_or_path
     config = AutoConfig.from_pretrained(config_name, cache_dir=cache_dir, trust_remote_code=trust)
-    return AutoModel.from_pretrained(name_or_path, config=config, cache_dir=cache_dir, trust_remote_code=trust,
-                                     **kwargs)
+    attention = getattr(model_args, "attn_implementation", None) or "sdpa"
+    check_attn_implementation(attention)
+    try:
+        return AutoModel.from_pretrained(name_or_path, config=config, cache_dir=cache_dir, trust_remote_code=trust,
+                                         attn_implementation=attention, **kwargs)
+    except ValueError as err:
+        if "attn" not in str(err).lower() and "attention" not in str(err).lower():
+            raise
+        from .cli import CommandError
+        raise CommandError(f"{name_or_path}: --attn_implementation {attention} is not supported by this "
+                           f"{config.model_type} model ({str(err).strip().splitlines()[0]})") from None
 
 
 class DenseModel(nn.Module):
     def __init__(self, lm_q: nn.Module, lm_p: nn.Module | None, config: DenseConfig,
                  pooler: LinearPooler | None = None, negatives_x_device: bool = False,
-                 distil_temperature: float = 1.0, distil_weight: float = 0.0):
+                 distil_temperature: float = 1.0, distil_weight: float = 0.0, lora_base: str | None = None):
         super().__init__()
         self.lm_q = lm_q
         if lm_p is not None:  # registered only when untied: a tied model holds one copy of the weights
@@ -248,6 +308,10 @@ class DenseModel(nn.Module):
         # --distillation: used when a batch brings teacher scores (tevatron.distillation)
         self.distil_temperature = distil_temperature
         self.distil_weight = distil_weight
+        self.lora_base = lora_base  # the base model under a LoRA adapter (saved with it)
+        self.merged_lora_base = None  # set by merge_lora: recorded in the saved config
+        # a decoder gets position ids counted over real tokens: left padding then changes nothing
+        self.decoder_only = _is_decoder_only(lm_q.config)
         if config.pooling == "cls":
             for encoder in self.encoders():
                 enable_cls_shortcut(encoder)
@@ -261,8 +325,9 @@ class DenseModel(nn.Module):
         if batch is None:
             return None
         encoder = self.lm_q if is_query else self.passage_encoder
+        extra = {"position_ids": positions_from_mask(batch["attention_mask"])} if self.decoder_only else {}
         hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         return_dict=True).last_hidden_state
+                         return_dict=True, **extra).last_hidden_state
         reps = pool(hidden, batch["attention_mask"], self.dense_config.pooling)
         if self.pooler is not None:
             reps = self.pooler(reps, is_query)
@@ -329,12 +394,31 @@ class DenseModel(nn.Module):
     def build(cls, model_args, negatives_x_device: bool = False, distil_temperature: float = 1.0,
               distil_weight: float = 0.0, **hf_kwargs) -> "DenseModel":
         """A fresh bi-encoder from a pretrained language model, for training."""
+        from .lora import add_lora, base_model_of, is_adapter_folder, load_adapter, log_trainable_parameters, \
+            saved_base_name
+
         path = model_args.model_name_or_path
+        use_lora = bool(getattr(model_args, "lora", False))
         config = DenseConfig(pooling=resolve_pooling(model_args.pooling, path), normalize=model_args.normalize,
                              temperature=model_args.temperature, untie_encoder=model_args.untie_encoder,
                              add_pooler=model_args.add_pooler, projection_in_dim=model_args.projection_in_dim,
-                             projection_out_dim=model_args.projection_out_dim)
-        if Path(path, QUERY_MODEL_DIR).is_dir():  # continue from an untied checkpoint
+                             projection_out_dim=model_args.projection_out_dim,
+                             append_eos_token=bool(getattr(model_args, "append_eos_token", False)))
+        if use_lora and (config.untie_encoder or Path(path, QUERY_MODEL_DIR).is_dir()):
+            from .cli import CommandError
+            raise CommandError("--lora trains one adapter on a tied encoder; it does not combine with "
+                               "--untie_encoder or an untied starting model")
+        lora_base = None
+        if is_adapter_folder(path):  # continue from a LoRA model: its adapter on its base model
+            lora_base = base_model_of(path)
+            lm_q = load_adapter(_load_encoder(lora_base, model_args, **hf_kwargs), path, trainable=use_lora)
+            if use_lora:
+                log_trainable_parameters(lm_q, f"LoRA adapter of {path} (training on)")
+            else:  # full fine-tuning of the adapted model (peft froze the base weights: thaw them)
+                lm_q = lm_q.merge_and_unload().requires_grad_(True)
+                lora_base = None
+            lm_p = None
+        elif Path(path, QUERY_MODEL_DIR).is_dir():  # continue from an untied checkpoint
             lm_q = _load_encoder(Path(path, QUERY_MODEL_DIR), model_args, **hf_kwargs)
             lm_p = _load_encoder(Path(path, PASSAGE_MODEL_DIR), model_args, **hf_kwargs)
             config.untie_encoder = True
@@ -344,21 +428,40 @@ class DenseModel(nn.Module):
             if config.untie_encoder:
                 import copy
                 lm_p = copy.deepcopy(lm_q)
+            if use_lora:
+                lm_q, lora_base = add_lora(lm_q, model_args), saved_base_name(path)
+        if model_args.pooling is None and config.pooling == "cls" and _is_decoder_only(lm_q.config):
+            config.pooling = "last"  # a decoder's first token sees only itself
         pooler = None
         if config.add_pooler:
             pooler = LinearPooler(config.projection_in_dim, config.projection_out_dim, tied=not config.untie_encoder)
             if Path(path, POOLER_WEIGHTS).is_file():
                 cls._load_pooler_weights(pooler, Path(path, POOLER_WEIGHTS))
-        logger.info("built %s bi-encoder from %s: %s pooling%s%s", "untied" if config.untie_encoder else "tied",
-                    path, config.pooling, ", linear pooler" if pooler else "", ", normalized" if config.normalize else "")
+        logger.info("built %s bi-encoder from %s: %s pooling%s%s%s", "untied" if config.untie_encoder else "tied",
+                    path, config.pooling, ", linear pooler" if pooler else "", ", normalized" if config.normalize else "",
+                    ", eos appended" if config.append_eos_token else "")
         return cls(lm_q, lm_p, config, pooler, negatives_x_device=negatives_x_device,
-                   distil_temperature=distil_temperature, distil_weight=distil_weight)
+                   distil_temperature=distil_temperature, distil_weight=distil_weight, lora_base=lora_base)
 
     @classmethod
     def load(cls, model_name_or_path, model_args=None, pooling: str | None = None,
-             normalize: bool | None = None, **hf_kwargs) -> "DenseModel":
-        """Load a model saved by :meth:`save` (or any Hugging Face encoder) for encoding."""
-        path = Path(model_name_or_path)
+             normalize: bool | None = None, merge_lora: bool = True, **hf_kwargs) -> "DenseModel":
+        """Load a model saved by :meth:`save` (or any Hugging Face encoder) for encoding.
+
+        A LoRA model loads as its base model plus the adapter: ``model_name_or_path`` the adapter folder
+        (its base as saved), or the base with ``model_args.lora_name_or_path`` the adapter (Tevatron v2's
+        way).  ``merge_lora`` folds the adapter into the weights (faster encoding, the same vectors)."""
+        from .lora import base_model_of, is_adapter_folder, load_adapter, saved_base_name
+
+        lora_dir = getattr(model_args, "lora_name_or_path", None)
+        weights = model_name_or_path
+        if lora_dir:
+            if base_model_of(lora_dir) != saved_base_name(str(model_name_or_path)):
+                logger.warning("%s was trained on %s; loading it on %s as asked", lora_dir,
+                               base_model_of(lora_dir), model_name_or_path)
+        elif is_adapter_folder(model_name_or_path):
+            lora_dir, weights = model_name_or_path, base_model_of(model_name_or_path)
+        path = Path(lora_dir) if lora_dir else Path(model_name_or_path)
         saved = {}
         if (path / TEVATRON_CONFIG).is_file():
             saved = json.loads((path / TEVATRON_CONFIG).read_text())
@@ -375,17 +478,31 @@ class DenseModel(nn.Module):
         elif pooling not in (None, "auto", config.pooling):
             logger.warning("%s was trained with %s pooling; using it, not --pooling %s", path, config.pooling,
                            pooling)
-        if (path / QUERY_MODEL_DIR).is_dir():
+        append_eos = bool(getattr(model_args, "append_eos_token", False))
+        if not saved:
+            config.append_eos_token = append_eos
+        elif append_eos and not config.append_eos_token:
+            logger.warning("%s was trained without --append_eos_token; not appending it", path)
+        if lora_dir:
+            lm_q = load_adapter(_load_encoder(weights, model_args, **hf_kwargs), lora_dir)
+            lm_q = lm_q.merge_and_unload() if merge_lora else lm_q
+            lm_p = None
+        elif (path / QUERY_MODEL_DIR).is_dir():
             config.untie_encoder = True
             lm_q = _load_encoder(path / QUERY_MODEL_DIR, model_args, **hf_kwargs)
             lm_p = _load_encoder(path / PASSAGE_MODEL_DIR, model_args, **hf_kwargs)
         else:
             lm_q, lm_p = _load_encoder(model_name_or_path, model_args, **hf_kwargs), None
+        if not saved and pooling is None and config.pooling == "cls" and _is_decoder_only(lm_q.config):
+            config.pooling = "last"  # a decoder's first token sees only itself
         pooler = None
         if config.add_pooler:
             pooler = LinearPooler(config.projection_in_dim, config.projection_out_dim, tied=not config.untie_encoder)
             cls._load_pooler_weights(pooler, path / POOLER_WEIGHTS)
-        return cls(lm_q, lm_p, config, pooler)
+        model = cls(lm_q, lm_p, config, pooler, lora_base=str(weights) if lora_dir and not merge_lora else None)
+        if lora_dir and merge_lora:
+            model.merged_lora_base = str(weights)
+        return model
 
     @staticmethod
     def _load_pooler_weights(pooler: LinearPooler, weights_path: Path) -> None:
@@ -402,19 +519,31 @@ class DenseModel(nn.Module):
         from .files import staged_files
 
         with staged_files(output_dir, last=(TEVATRON_CONFIG,)) as staging:
+            extra = {}
             if self.dense_config.untie_encoder:
                 self.lm_q.save_pretrained(staging / QUERY_MODEL_DIR)
                 self.lm_p.save_pretrained(staging / PASSAGE_MODEL_DIR)
-            else:
+            else:  # a LoRA model saves its adapter only; the saved config names the base model
                 self.lm_q.save_pretrained(staging)
+                if self.lora_base is not None:
+                    extra["lora_base_model"] = self.lora_base
+                elif self.merged_lora_base is not None:
+                    extra["merged_lora_base_model"] = self.merged_lora_base
             if self.pooler is not None:
                 from safetensors.torch import save_file
                 save_file(self.pooler.state_dict_to_save(), str(staging / POOLER_WEIGHTS))
             # a fresh fingerprint at every save: outputs made with an earlier model are then seen as stale
-            saved = {**asdict(self.dense_config), "fingerprint": new_model_fingerprint()}
+            saved = {**asdict(self.dense_config), **extra, "fingerprint": new_model_fingerprint()}
             (staging / TEVATRON_CONFIG).write_text(json.dumps(saved, indent=2) + "\n")
 
     def load_weights_from(self, checkpoint_dir) -> None:
         """Load weights saved by :meth:`save` into this model in place (used to resume training)."""
-        loaded = DenseModel.load(checkpoint_dir)
+        loaded = DenseModel.load(checkpoint_dir, merge_lora=False)
         self.load_state_dict(loaded.state_dict())
+
+    def merge_lora(self) -> None:
+        """Fold a LoRA adapter into the weights: the model then saves as a plain model folder."""
+        if self.lora_base is None:
+            return
+        self.lm_q = self.lm_q.merge_and_unload()
+        self.merged_lora_base, self.lora_base = self.lora_base, None

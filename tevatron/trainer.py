@@ -179,6 +179,13 @@ def training_provenance(model_args, data_args, training_args) -> dict:
     if training_args.distillation:  # recorded only when on, so records of plain runs stay as they were
         record.update(distillation=True, distil_temperature=training_args.distil_temperature,
                       distil_weight=training_args.distil_weight)
+    # recorded only when used, so the records of earlier runs stay valid
+    if getattr(model_args, "append_eos_token", False):
+        record["append_eos_token"] = True
+    if getattr(model_args, "lora", False):
+        record["lora"] = {"r": model_args.lora_r, "alpha": model_args.lora_alpha, "dropout": model_args.lora_dropout,
+                          "target_modules": model_args.lora_target_modules or "default",
+                          "merged": bool(model_args.merge_lora)}
     if training_args.device.type == "cpu":  # the CPU dropout kind draws other masks
         record["cpu_dropout"] = model_args.cpu_dropout
     record.update({name: _json_value(getattr(training_args, name, None)) for name in _RESULT_TRAINING_ARGUMENTS})

@@ -27,6 +27,7 @@ from tevatron.files import InputError, check_output_file
 from tevatron.provenance import file_identity, model_identity, up_to_date
 from tevatron.tensor_files import encodings_provenance, save_encodings
 from tevatron.cpu_kernels import use_onednn_linear
+from tevatron.lora import base_model_of, is_adapter_folder
 from tevatron.modeling import DenseModel, check_model_folder
 from tevatron.tokenization import load_tokenizer
 
@@ -76,6 +77,12 @@ def encoding_provenance(model_args: ModelArguments, data_args: DataArguments, mo
               "precision": precision}
     if dtype != "float32":  # recorded only when not the default, so float32 files of older versions stay valid
         record["dtype"] = dtype
+    if model.dense_config.append_eos_token:  # likewise
+        record["append_eos_token"] = True
+    if model_args.lora_name_or_path:  # --model_name_or_path is then the base model
+        record["lora adapter"] = model_identity(model_args.lora_name_or_path)
+    elif is_adapter_folder(model_args.model_name_or_path):  # an adapter folder: the record names its base too
+        record["lora base model"] = model_identity(base_model_of(model_args.model_name_or_path))
     return record
 
 
@@ -166,7 +173,7 @@ def encode_command(argv, job: EncodeJob | None) -> int:
     model.to(device)
     if device.type == "cpu":
         use_onednn_linear(model, model_args.cpu_linear)
-    padder = SequencePadder(tokenizer)
+    padder = SequencePadder(tokenizer, append_eos=model.dense_config.append_eos_token)
     padder.check_room(max_len, "--q_max_len" if data_args.encode_is_qry else "--p_max_len")
 
     def encode_share(share_texts, on_batch=None) -> torch.Tensor:

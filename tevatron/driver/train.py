@@ -45,6 +45,11 @@ def main(argv=None) -> int:
     check_output_dir(training_args.output_dir)
     logging.getLogger().setLevel(logging.INFO if training_args.process_index == 0 else logging.WARNING)  # one process logs
     check_model_folder(model_args.model_name_or_path, model_args)  # before anything heavy loads
+    if model_args.merge_lora and not model_args.lora:
+        raise CommandError("--merge_lora merges the adapter --lora trains; give --lora too")
+    if model_args.lora_name_or_path:
+        raise CommandError("--lora_name_or_path is for encoding; to continue training an adapter, give its "
+                           "folder as --model_name_or_path (with --lora)")
     if getattr(training_args, "cpu_bf16_requested", False):  # CPU --bf16: decided on the model's shape
         resolve_mixed_precision(training_args, _hidden_size(model_args), training=True)
     if training_args.distillation and data_args.train_n_passages < 2:
@@ -71,7 +76,8 @@ def main(argv=None) -> int:
     train_dataset = TrainDataset(groups, data_args.train_n_passages, training_args.seed)
     logger.info("%d training groups, %d passages each", len(train_dataset), data_args.train_n_passages)
     pad_multiple = 8 if (training_args.fp16 or training_args.bf16) else None  # tensor-core friendly on GPU
-    collator = TrainCollator(SequencePadder(tokenizer, pad_to_multiple_of=pad_multiple),
+    collator = TrainCollator(SequencePadder(tokenizer, pad_to_multiple_of=pad_multiple,
+                                            append_eos=model.dense_config.append_eos_token),
                              q_max_len=model.fit_max_len(data_args.q_max_len, "--q_max_len"),
                              p_max_len=model.fit_max_len(data_args.p_max_len, "--p_max_len"))
     if training_args.distillation:  # teacher scores sampled with their passages, a tensor in each batch
@@ -80,6 +86,8 @@ def main(argv=None) -> int:
     trainer = TevatronTrainer(model=model, args=training_args, train_dataset=train_dataset,
                               data_collator=collator, processing_class=tokenizer, run_provenance=wanted)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if model_args.merge_lora:  # save a plain model folder: the adapter folded into the weights
+        model.merge_lora()
     trainer.save_model()  # TevatronTrainer._save writes the tokenizer beside the weights
     finish_output_dir(training_args.output_dir, wanted, trainer)
 
