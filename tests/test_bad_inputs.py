@@ -474,6 +474,31 @@ CASES = {
          "rank.pt", "--depth", "3"),
         error="p.pt: not a readable encodings file (truncated or wrong format: ", error_prefix=True,
         outputs=("rank.pt",)),
+    "index-unknown-factory": Case(
+        "`--index` string FAISS cannot parse", lambda f: encodings_inputs(f, query_dim=32),
+        ("-m", "tevatron.faiss_retriever", "--query_reps", "q.pt", "--passage_reps", "p.pt", "--save_ranking_to",
+         "rank.pt", "--index", "Bogus32"),
+        error="--index 'Bogus32' is not an index FAISS can build for 32-d vectors (could not parse index "
+              "string Bogus32)", outputs=("rank.pt",)),
+    "index-nprobe-zero": Case(
+        "`--nprobe 0`", lambda f: encodings_inputs(f, query_dim=32),
+        ("-m", "tevatron.faiss_retriever", "--query_reps", "q.pt", "--passage_reps", "p.pt", "--save_ranking_to",
+         "rank.pt", "--index", "IVF2,Flat", "--nprobe", "0"),
+        error="--nprobe must be at least 1, not 0", outputs=("rank.pt",)),
+    "index-knob-not-applicable": Case(
+        "`--nprobe` for an index without inverted lists", lambda f: encodings_inputs(f, query_dim=32),
+        ("-m", "tevatron.faiss_retriever", "--query_reps", "q.pt", "--passage_reps", "p.pt", "--save_ranking_to",
+         "rank.pt", "--index", "HNSW32", "--nprobe", "8"),
+        error="--nprobe applies to IVF indexes only, and --index 'HNSW32' has none",
+        outputs=("rank.pt", "p.pt.HNSW32.faiss")),
+    "index-too-few-training-vectors": Case(
+        "fewer passages than the index needs to train (IVF16 on 5 passages)",
+        lambda f: encodings_inputs(f, query_dim=32),
+        ("-m", "tevatron.faiss_retriever", "--query_reps", "q.pt", "--passage_reps", "p.pt", "--save_ranking_to",
+         "rank.pt", "--index", "IVF16,Flat"),
+        error="--index 'IVF16,Flat' needs at least 16 training vectors, but the sample has 5 (5 passages, "
+              "--index_train_size 200000); use a smaller index (fewer IVF lists) or more passages",
+        outputs=("rank.pt", "p.pt.IVF16_Flat.faiss")),
     "reducer-other-query-set": Case(
         "shard ranking searched with other queries than --query", reducer_inputs,
         ("-m", "tevatron.faiss_retriever.reducer", "--score_dir", "shards", "--query", "q.pt",

@@ -16,6 +16,10 @@ Ranking rule (both backends): score descending, then passage position ascending,
 is the row in the concatenation of the sorted shard files.  FAISS alone breaks ties arbitrarily, so
 its output is normalised to this rule.
 
+``--index FACTORY`` other than ``Flat`` searches a FAISS index instead (IVF, HNSW, PQ, SQ, OPQ ...; built,
+saved and reused by :mod:`tevatron.faiss_retriever.index`): approximate, so its ranking is recorded
+with the factory string and the search knobs.
+
 The output records what it was searched from (:func:`search_provenance`: the encodings files and
 their own records, depth, format); an existing output is kept only when that record is
 unchanged, so a search into an old file after re-encoding, or with another depth, is redone.
@@ -34,9 +38,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tevatron.argument_checks import NON_NEGATIVE, POSITIVE, check_ranges, parse_dataclasses
+from tevatron.argument_checks import NON_NEGATIVE, POSITIVE, SEED, check_ranges, parse_dataclasses
 from tevatron.cpu_kernels import onednn_matmul_bt
 from tevatron.cli import command
+from tevatron.faiss_retriever.index import (DEFAULT_TRAIN_SIZE, FLAT, FaissIndexSearcher, IndexSettings,
+                                           check_settings, default_index_path, effective_knobs, load_or_build_index)
 from tevatron.faiss_retriever.topk import candidates_above, exact_topk, merge_topk, order_by_score_then_position
 from tevatron.files import InputError, check_output_file
 from tevatron.provenance import file_identity, read_file_record, up_to_date, write_file_record
@@ -68,9 +74,26 @@ class SearchArguments:
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output instead of skipping"})
     passage_block_size: int = field(default=0, metadata={"help": f"passages per GEMM block (torch; 0 = {DEFAULT_BLOCK_ROWS})"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar"})
+    # --- FAISS index types other than exact search (tevatron.faiss_retriever.index)
+    index: str = field(default=FLAT, metadata={"help": "FAISS index-factory string, inner product: Flat (exact, "
+                                                       "the backends above), HNSW32, IVF4096,Flat, IVF4096,PQ64, SQ8, ..."})
+    nprobe: int | None = field(default=None, metadata={"help": "IVF lists searched per query (default: FAISS's, 1)"})
+    ef_search: int | None = field(default=None, metadata={"help": "HNSW search breadth (default: FAISS's, 16)"})
+    index_train_size: int = field(default=DEFAULT_TRAIN_SIZE, metadata={
+        "help": "passages sampled (seeded, from all shards) to train the index; all when fewer"})
+    index_train_seed: int = field(default=0, metadata={"help": "seed of the training sample"})
+    index_path: str | None = field(default=None, metadata={
+        "help": "where the built index is saved and reused (default: beside the passage encodings, "
+                "NAME.FACTORY.faiss)"})
 
     def __post_init__(self):
-        check_ranges(self, {"depth": POSITIVE, "batch_size": POSITIVE, "passage_block_size": NON_NEGATIVE})
+        check_ranges(self, {"depth": POSITIVE, "batch_size": POSITIVE, "passage_block_size": NON_NEGATIVE,
+                            "nprobe": POSITIVE, "ef_search": POSITIVE, "index_train_size": POSITIVE,
+                            "index_train_seed": SEED})
+
+    @property
+    def index_settings(self) -> IndexSettings:
+        return IndexSettings(self.index, self.index_train_size, self.index_train_seed, self.nprobe, self.ef_search)
 
 
 @dataclass
@@ -358,7 +381,8 @@ def iter_text_ranking(query_ids, passage_ids, scores: torch.Tensor, positions: t
     """Yield ``(qid, [(pid, score), ...])`` for :func:`tevatron.text_formats.write_ranking`."""
     for row, qid in enumerate(query_ids):
         hits = zip(positions[row].tolist(), scores[row].tolist())
-        yield qid, [(passage_ids[position], score) for position, score in hits]
+        # an approximate index may find fewer than k passages; its empty slots (-1) are not written
+        yield qid, [(passage_ids[position], score) for position, score in hits if position >= 0]
 
 
 def save_results(path, query_ids, passage_ids, scores, positions, as_text: bool,
@@ -379,10 +403,21 @@ def encodings_source(path) -> dict:
 def search_provenance(args: SearchArguments) -> dict:
     """What a ranking depends on.  Both backends give the same ranking (same tie rule), so the search is
     recorded as "exact" rather than by backend: a re-run whose ``auto`` measured the other backend
-    faster keeps the ranking.  Batch and block sizes change nothing either."""
+    faster keeps the ranking.  Batch and block sizes change nothing either.  Any other index is recorded
+    by what changes its ranking: factory, training sample and seed, and the knobs given (FAISS's defaults
+    otherwise, which :func:`index_search_record` spells out)."""
     return {"queries": encodings_source(args.query_reps),
             "passages": [encodings_source(path) for path in resolve_shard_paths(args.passage_reps)],
-            "depth": args.depth, "search": "exact", "format": "text" if args.save_text else "binary"}
+            "depth": args.depth, "search": index_search_record(args), "format": "text" if args.save_text else "binary"}
+
+
+def index_search_record(args: SearchArguments) -> str | dict:
+    if args.index == FLAT:
+        return "exact"
+    settings = args.index_settings
+    return {"index": settings.factory, "train_size": settings.train_size, "train_seed": settings.train_seed,
+            "nprobe": settings.nprobe if settings.nprobe is not None else "faiss default",
+            "ef_search": settings.ef_search if settings.ef_search is not None else "faiss default"}
 
 
 def warn_on_model_mismatch(provenance: dict, args: SearchArguments) -> None:
@@ -406,12 +441,23 @@ def run_search(args: SearchArguments) -> None:
     passages = load_passage_shards(args.passage_reps)
     query_reps, query_ids = load_queries(args.query_reps, passages)
     warn_on_model_mismatch(provenance, args)
-    backend = resolve_backend(args.backend, passages.dim, args.depth, passages.count)
-    logger.info("%d passages (dim %d) in %d shard(s); %d queries; depth %d; backend %s",
-                passages.count, passages.dim, len(passages.paths), len(query_ids), args.depth, backend)
+    check_settings(args.index_settings, passages.dim)
     started = time.perf_counter()
-    scores, positions = search_passages(query_reps, passages, args.depth, args.batch_size, backend,
-                                        args.passage_block_size, progress=not args.quiet)
+    if args.index == FLAT:
+        backend = resolve_backend(args.backend, passages.dim, args.depth, passages.count)
+        logger.info("%d passages (dim %d) in %d shard(s); %d queries; depth %d; backend %s",
+                    passages.count, passages.dim, len(passages.paths), len(query_ids), args.depth, backend)
+        scores, positions = search_passages(query_reps, passages, args.depth, args.batch_size, backend,
+                                            args.passage_block_size, progress=not args.quiet)
+    else:
+        index_path = Path(args.index_path) if args.index_path else default_index_path(passages.paths, args.index)
+        index, _ = load_or_build_index(passages.paths, passages.reps, args.index_settings, index_path)
+        logger.info("%d passages (dim %d) in %d shard(s); %d queries; depth %d; index %s %s",
+                    passages.count, passages.dim, len(passages.paths), len(query_ids), args.depth, args.index,
+                    effective_knobs(index))
+        started = time.perf_counter()
+        scores, positions = search_in_batches(FaissIndexSearcher(index), query_reps, args.depth, args.batch_size,
+                                              passages.count, progress=not args.quiet)
     elapsed = time.perf_counter() - started
     logger.info("searched %d queries in %.1f s (%.1f queries/s)", len(query_ids), elapsed,
                 len(query_ids) / max(elapsed, 1e-9))
@@ -430,6 +476,8 @@ def parse_arguments(argv: Sequence[str] | None) -> SearchArguments:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
     check_output_file(args.save_ranking_to)
+    if args.index_path:
+        check_output_file(args.index_path)
     check_query_file_not_a_shard(args.query_reps, args.passage_reps)
     run_search(args)
     return 0
