@@ -39,6 +39,9 @@ class DenseConfig:
     add_pooler: bool = False
     projection_in_dim: int = 768
     projection_out_dim: int = 768
+    # put in front of every text before tokenizing (training applied them; encoding follows)
+    query_prefix: str = ""
+    passage_prefix: str = ""
 
 
 def sentence_transformers_pooling(model_dir) -> str | None:
