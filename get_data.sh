@@ -66,25 +66,30 @@ do_bm25_negatives() {
 }
 
 do_build_train() {
+  format_args both
   "$PYTHON" "$SCRIPTS/build_train.py" --tokenizer_name "$TOKENIZER" \
     --negative_file "$DATA_DIR/train.negatives.tsv" --qrels "$DATA_DIR/qrels.train.tsv" \
-    --queries "$DATA_DIR/train.query.txt" --collection "$DATA_DIR/corpus.tsv" --save_to "$DATA_DIR/bert/train" \
-    --n_sample "$N_SAMPLE" --seed "$SEED" --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN"
+    --queries "$DATA_DIR/train.query.txt" --collection "$DATA_DIR/corpus.tsv" --save_to "$INPUT_DIR/train" \
+    --n_sample "$N_SAMPLE" --seed "$SEED" --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" "${FORMAT_ARGS[@]}"
 }
 
 do_tokenize_train_queries() {
+  format_args query
   "$PYTHON" "$SCRIPTS/tokenize_queries.py" --tokenizer_name "$TOKENIZER" --query_file "$DATA_DIR/train.query.txt" \
-    --save_to "$DATA_DIR/bert/query/train.query.json" --q_max_len "$Q_MAX_LEN"
+    --save_to "$INPUT_DIR/query/train.query.json" --q_max_len "$Q_MAX_LEN" "${FORMAT_ARGS[@]}"
 }
 
 do_tokenize_dev_queries() {
+  format_args query
   "$PYTHON" "$SCRIPTS/tokenize_queries.py" --tokenizer_name "$TOKENIZER" --query_file "$DATA_DIR/dev.query.txt" \
-    --save_to "$DATA_DIR/bert/query/dev.query.json" --q_max_len "$Q_MAX_LEN"
+    --save_to "$INPUT_DIR/query/dev.query.json" --q_max_len "$Q_MAX_LEN" "${FORMAT_ARGS[@]}"
 }
 
 do_tokenize_passages() {
+  format_args passage
   "$PYTHON" "$SCRIPTS/tokenize_passages.py" --tokenizer_name "$TOKENIZER" --file "$DATA_DIR/corpus.tsv" \
-    --save_to "$DATA_DIR/bert/corpus" --n_splits "$N_SPLITS" --p_max_len "$CORPUS_MAX_LEN" --num_workers "$NUM_WORKERS"
+    --save_to "$INPUT_DIR/corpus" --n_splits "$N_SPLITS" --p_max_len "$CORPUS_MAX_LEN" --num_workers "$NUM_WORKERS" \
+    "${FORMAT_ARGS[@]}"
 }
 
 # ----------------------------------------------------------------------------- main
@@ -93,7 +98,7 @@ main() {
   total_start=$(now_ms)
   resolve_settings
   RAW_DIR=$DATA_DIR/download
-  echo "data: DATA=$DATA -> $DATA_DIR (tokenizer $TOKENIZER)"
+  echo "data: DATA=$DATA -> $DATA_DIR (tokenizer $TOKENIZER, $FORMAT in $INPUT_DIR)"
   mkdir -p "$DATA_DIR"
   if [[ $DATA == msmarco ]]; then
     run_step fetch_msmarco

@@ -15,17 +15,18 @@ source "$(dirname "${BASH_SOURCE[0]}")/msmarco-passage-ranking/pipeline_common.s
 do_check_stage1() { check_stage1_model; }
 do_encode_corpus() { encode_corpus "$OUT/model" "$OUT/encoding/stage1/corpus"; }
 do_encode_train_queries() {
-  encode_queries "$OUT/model" "$DATA_DIR/bert/query/train.query.json" "$OUT/encoding/stage1/train.query.pt"
+  encode_queries "$OUT/model" "$INPUT_DIR/query/train.query.json" "$OUT/encoding/stage1/train.query.pt"
 }
 do_search_train() {
   search_and_reduce "$OUT/encoding/stage1/train.query.pt" "$OUT/encoding/stage1/corpus" \
     "$OUT/ranking/stage1/train-intermediate" "$HN_DEPTH" "$OUT/ranking/stage1/train.rank.tsv"
 }
 do_build_train_hn() {
+  format_args both
   "$PYTHON" "$SCRIPTS/build_train_hn.py" --tokenizer_name "$TOKENIZER" --hn_file "$OUT/ranking/stage1/train.rank.tsv" \
     --qrels "$DATA_DIR/qrels.train.tsv" --queries "$DATA_DIR/train.query.txt" --collection "$DATA_DIR/corpus.tsv" \
     --save_to "$OUT/train-hn" --depth "$HN_DEPTH" --n_sample "$N_SAMPLE" --seed "$SEED" --skip_top "$SKIP_TOP" \
-    --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN"
+    --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" "${FORMAT_ARGS[@]}"
 }
 do_link_bm25_groups() { link_bm25_groups "$OUT/train-hn"; }
 

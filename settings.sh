@@ -75,6 +75,12 @@ BM25_THREADS=${BM25_THREADS:-}  # [all cores] BM25 retrieval threads (get_data.s
 SAVE_STEPS=${SAVE_STEPS:-}      # [20000] checkpoint every SAVE_STEPS training steps (an interrupted run resumes there)
 LOGGING_STEPS=${LOGGING_STEPS:-}  # [50] log the training loss every LOGGING_STEPS steps
 PYTHON=${PYTHON:-}              # [python]
+# raw text and prefixes (README "Raw-text data and prefixes")
+FORMAT=${FORMAT:-}              # [tokenized] tokenized: token-id files (v1) | text: raw text in Tevatron v2's schema,
+                                #   tokenized on the fly by training and encoding (same tokens, same results; OUT's
+                                #   name says text)
+QUERY_PREFIX=${QUERY_PREFIX:-}  # [] put in front of every query before tokenizing, e.g. "query: " (E5)
+PASSAGE_PREFIX=${PASSAGE_PREFIX:-}  # [] put in front of every passage before tokenizing, e.g. "passage: "
 # downloads (get_data.sh, DATA=msmarco)
 CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-}  # [10] seconds before an unreachable server counts as offline
 ROCKETQA_URL=${ROCKETQA_URL:-}  # [RocketQA's marco.tar.gz] the corpus with titles, queries and dev qrels
@@ -153,6 +159,7 @@ BM25_THREADS=${BM25_THREADS:-$(nproc 2>/dev/null || echo 1)}
 SAVE_STEPS=${SAVE_STEPS:-20000}
 LOGGING_STEPS=${LOGGING_STEPS:-50}
 PYTHON=${PYTHON:-python}
+FORMAT=${FORMAT:-tokenized}
 CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-10}
 ROCKETQA_URL=${ROCKETQA_URL:-https://rocketqa.bj.bcebos.com/corpus/marco.tar.gz}
 QRELS_TRAIN_URL=${QRELS_TRAIN_URL:-https://msmarco.blob.core.windows.net/msmarcoranking/qrels.train.tsv}

@@ -24,6 +24,10 @@ RESULT_SETTINGS=(DATA MODEL TOKENIZER POOLING NORMALIZE TEMPERATURE LR EPOCHS BA
                  HN_EPOCHS
                  RERANKER_MODEL RERANKER_LR RERANKER_EPOCHS RERANKER_BATCH RERANKER_N_PASSAGES RERANK_DEPTH
                  RERANK_P_MAX_LEN DISTIL_INIT DISTIL_TEMPERATURE DISTIL_WEIGHT DISTIL_LR DISTIL_EPOCHS)
+# Result settings hashed only when set, so the OUT of a configuration that leaves them empty keeps its hash.
+# FORMAT is in neither list: text is tokenized on the fly exactly as the tokenized files are (same ids, same
+# numbers); it is in OUT's name instead, since the two formats' training data are different files.
+RESULT_SETTINGS_IF_SET=(QUERY_PREFIX PASSAGE_PREFIX)
 
 # $? must be read first: anything run before it (even basename) would reset it to 0.
 trap 'step_failed $?' ERR
@@ -55,8 +59,9 @@ checksum() {
 # 8 hex digits over RESULT_SETTINGS (files and folders by absolute path).
 settings_hash() {
   local name value
-  for name in "${RESULT_SETTINGS[@]}"; do
+  for name in "${RESULT_SETTINGS[@]}" "${RESULT_SETTINGS_IF_SET[@]}"; do
     value=${!name}
+    [[ -z $value && " ${RESULT_SETTINGS_IF_SET[*]} " == *" $name "* ]] && continue
     [[ -e $value ]] && value=$(absolute_path "$value")
     printf '%s=%s\n' "$name" "$value"
   done | checksum | cut -c1-8
@@ -64,6 +69,7 @@ settings_hash() {
 
 resolve_settings() {
   [[ $PROFILE == marco || $PROFILE == quick ]] || die "PROFILE must be marco or quick, not '$PROFILE' (settings.sh)"
+  [[ $FORMAT == tokenized || $FORMAT == text ]] || die "FORMAT must be tokenized or text, not '$FORMAT' (settings.sh)"
   if [[ $MODEL == all-MiniLM-L6-v2 && ! -d $MODEL ]]; then   # the packaged copy: ask Python where it is
     local packaged
     packaged=$("$PYTHON" -c 'from tevatron.tokenization import packaged_minilm_dir as d; print(d() or "")')
@@ -79,18 +85,22 @@ resolve_settings() {
   LORA_ALPHA=${LORA_ALPHA:-$((2 * LORA_R))}
   if [[ -n $(lora_flags) ]]; then RESULT_SETTINGS+=(LORA LORA_R LORA_ALPHA); fi
   DATA_DIR=${DATA_DIR:-$(default_data_dir)}
+  # training groups, queries and corpus splits that training and encoding read: token ids or raw text
+  if [[ $FORMAT == text ]]; then INPUT_DIR=$DATA_DIR/text; else INPUT_DIR=$DATA_DIR/bert; fi
   if [[ -n $OUT ]]; then
     OUT_ORIGIN="set by you"
   else
-    OUT=runs/$(basename "$DATA")-$PROFILE-$(settings_hash)
-    OUT_ORIGIN="runs/<data>-<profile>-<hash of the settings above>"
+    OUT=runs/$(basename "$DATA")-$PROFILE$([[ $FORMAT == text ]] && echo -text)-$(settings_hash)
+    OUT_ORIGIN="runs/<data>-<profile>[-text]-<hash of the settings above>"
   fi
 }
 
 print_settings() {
   local name line="==> settings (PROFILE=$PROFILE):"
   for name in "${RESULT_SETTINGS[@]}"; do line+=" $name=${!name}"; done
+  for name in "${RESULT_SETTINGS_IF_SET[@]}"; do [[ -n ${!name} ]] && line+=" $name='${!name}'"; done
   echo "$line"
+  echo "==> format: $FORMAT ($INPUT_DIR)"
   echo "==> data: $DATA_DIR"
   echo "==> OUT=$OUT ($OUT_ORIGIN)"
 }
@@ -178,6 +188,16 @@ lora_flags() {
   esac
 }
 
+# format_args QUERY|PASSAGE|BOTH: the --format / prefix flags of a tokenization script, as FORMAT_ARGS (an
+# array: prefixes hold spaces). Raw text takes its prefixes when tokenized (training, encoding), not here.
+format_args() {
+  FORMAT_ARGS=()
+  if [[ $FORMAT == text ]]; then FORMAT_ARGS=(--format text); return 0; fi
+  [[ $1 == query || $1 == both ]] && FORMAT_ARGS+=(--query_prefix "$QUERY_PREFIX")
+  [[ $1 == passage || $1 == both ]] && FORMAT_ARGS+=(--passage_prefix "$PASSAGE_PREFIX")
+  return 0
+}
+
 # train_model INIT_MODEL TRAIN_DIR OUTPUT_DIR LR EPOCHS [FLAG...]: one training run with the settings (and
 # the extra flags given). The driver keeps a finished model trained the same way ("up to date; skipping
 # training"), resumes an interrupted run from its last checkpoint, and refuses (exit 2, one line) a
@@ -187,12 +207,12 @@ train_model() {
     --tokenizer_name "$TOKENIZER" --pooling "$POOLING" --learning_rate "$4" --num_train_epochs "$5" \
     --per_device_train_batch_size "$BATCH" --train_n_passages "$N_PASSAGES" \
     --q_max_len "$Q_MAX_LEN" --p_max_len "$P_MAX_LEN" --seed "$SEED" \
-    --temperature "$TEMPERATURE" $(normalize_flag) \
+    --temperature "$TEMPERATURE" $(normalize_flag) --query_prefix "$QUERY_PREFIX" --passage_prefix "$PASSAGE_PREFIX" \
     --save_steps "$SAVE_STEPS" --logging_steps "$LOGGING_STEPS" --dataloader_num_workers "$WORKERS" \
     $PRECISION $(lora_flags) $TRAIN_EXTRA "${@:6}"
 }
 
-train_stage1() { train_model "$MODEL" "$DATA_DIR/bert/train" "$OUT/model" "$LR" "$EPOCHS"; }
+train_stage1() { train_model "$MODEL" "$INPUT_DIR/train" "$OUT/model" "$LR" "$EPOCHS"; }
 
 # The stage-1 model must be finished, and trained with these settings: the driver checks its record.
 check_stage1_model() {
@@ -208,23 +228,23 @@ link_bm25_groups() {
   for file in "$folder"/split*.json; do
     if [[ $(basename "$file") =~ ^split[0-9]+\.json$ ]]; then rm -f "$file"; fi
   done
-  for file in "$DATA_DIR"/bert/train/split*.json; do
+  for file in "$INPUT_DIR"/train/split*.json; do
     [[ $(basename "$file") =~ ^split[0-9]+\.json$ ]] || continue
     ln -s "$(absolute_path "$file")" "$folder/"
     count=$((count + 1))
   done
-  (( count )) || die "no BM25 training groups in $DATA_DIR/bert/train; run get_data.sh (same settings)"
-  echo "linked $count BM25 group files from $DATA_DIR/bert/train into $folder"
+  (( count )) || die "no BM25 training groups in $INPUT_DIR/train; run get_data.sh (same settings)"
+  echo "linked $count BM25 group files from $INPUT_DIR/train into $folder"
 }
 
 # find_corpus_splits: SPLITS=(split00 ...), the splits of the tokenized corpus.
 find_corpus_splits() {
   local split
   SPLITS=()
-  for split in "$DATA_DIR"/bert/corpus/split*.json; do
+  for split in "$INPUT_DIR"/corpus/split*.json; do
     if [[ -f $split ]]; then SPLITS+=("$(basename "$split" .json)"); fi
   done
-  (( ${#SPLITS[@]} )) || die "no corpus splits in $DATA_DIR/bert/corpus; run get_data.sh (same settings)"
+  (( ${#SPLITS[@]} )) || die "no corpus splits in $INPUT_DIR/corpus; run get_data.sh (same settings)"
 }
 
 # encode_driver ARGS...: the encode driver; with NPROC > 1, NPROC processes on this machine (one per GPU where
@@ -245,7 +265,8 @@ encode_corpus() {
   for name in "${SPLITS[@]}"; do
     encode_driver --output_dir "$enc_dir" --model_name_or_path "$model" \
       --per_device_eval_batch_size "$ENCODE_BATCH" --p_max_len "$CORPUS_MAX_LEN" --pooling "$POOLING" \
-      --encode_in_path "$DATA_DIR/bert/corpus/$name.json" --encoded_save_path "$enc_dir/$name.pt" $PRECISION
+      --passage_prefix "$PASSAGE_PREFIX" \
+      --encode_in_path "$INPUT_DIR/corpus/$name.json" --encoded_save_path "$enc_dir/$name.pt" $PRECISION
   done
 }
 
@@ -253,7 +274,7 @@ encode_corpus() {
 encode_queries() {
   encode_driver --output_dir "$(dirname "$3")" --model_name_or_path "$1" \
     --per_device_eval_batch_size "$ENCODE_BATCH" --q_max_len "$Q_MAX_LEN" --pooling "$POOLING" \
-    --encode_is_qry --encode_in_path "$2" --encoded_save_path "$3" $PRECISION
+    --query_prefix "$QUERY_PREFIX" --encode_is_qry --encode_in_path "$2" --encoded_save_path "$3" $PRECISION
 }
 
 # search_and_reduce QUERY_PT ENC_DIR RANK_DIR DEPTH OUT_RANKING: search every corpus split, merge them.
@@ -283,7 +304,7 @@ evaluate_run() {
 encode_search_eval() {
   local model=$1 name=$2
   encode_corpus "$model" "$OUT/encoding/$name/corpus"
-  encode_queries "$model" "$DATA_DIR/bert/query/dev.query.json" "$OUT/encoding/$name/dev.query.pt"
+  encode_queries "$model" "$INPUT_DIR/query/dev.query.json" "$OUT/encoding/$name/dev.query.pt"
   search_and_reduce "$OUT/encoding/$name/dev.query.pt" "$OUT/encoding/$name/corpus" \
     "$OUT/ranking/$name/intermediate" "$DEPTH" "$OUT/ranking/$name/dev.rank.tsv"
   "$PYTHON" "$SCRIPTS/score_to_marco.py" "$OUT/ranking/$name/dev.rank.tsv"

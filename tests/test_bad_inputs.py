@@ -275,6 +275,23 @@ RERANK_COMMAND = ("-m", "tevatron.reranker.driver.rerank", "--model_name_or_path
                   "--queries", "queries.json", "--corpus", "corpus.json", "--rerank_output", "reranked.tsv")
 
 
+# --------------------------------------------------------------------------- raw text
+TRAIN_RAW = ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "{model}", "--train_dir",
+             "train.jsonl", "--train_n_passages", "2", "--max_steps", "1", "--cache_dir", "cache")
+RAW_GROUP = {"query_id": "1", "query": "alpha", "positive_passages": [{"docid": "p1", "title": "", "text": "alpha"}],
+             "negative_passages": [{"docid": "p2", "title": "T", "text": "bravo"}]}
+
+
+def raw_train(folder: Path, bad_record: dict) -> None:
+    """train.jsonl: a good raw-text group, then ``bad_record``."""
+    write_lines(folder / "train.jsonl", json.dumps(RAW_GROUP), json.dumps(bad_record))
+
+
+def mixed_train(folder: Path) -> None:
+    write_lines(folder / "train" / "a.jsonl", '{"query": [1, 2], "positives": [[3]], "negatives": [[4]]}')
+    write_lines(folder / "train" / "b.jsonl", json.dumps(RAW_GROUP))
+
+
 # --------------------------------------------------------------------------- the table
 @dataclass
 class Case:
@@ -681,6 +698,46 @@ CASES = {
     "rerank-empty-run": Case(
         "an empty run to rerank", lambda f: rerank_inputs(f, empty_run=True), RERANK_COMMAND,
         error="run.tsv: empty run: no ranking to rerank", outputs=("reranked.tsv",), needs=("reranker",)),
+    # raw text (Tevatron v2's schemas)
+    "raw-train-missing-query": Case(
+        "raw-text training line without `query`", lambda f: raw_train(f, {"query_id": "2", "positive_passages": [
+            {"docid": "p1", "text": "alpha"}], "negative_passages": [{"docid": "p2", "text": "bravo"}]}),
+        TRAIN_RAW, error="train.jsonl:2: missing field 'query'", outputs=("out",), needs=("model",)),
+    "raw-train-no-positives": Case(
+        "raw-text training line with empty `positive_passages`", lambda f: raw_train(f, {
+            "query_id": "2", "query": "q", "positive_passages": [], "negative_passages": [{"docid": "p2", "text": "b"}]}),
+        TRAIN_RAW, error="train.jsonl:2: example has no positive_passages", outputs=("out",), needs=("model",)),
+    "raw-train-text-not-string": Case(
+        "raw-text passage whose `text` is not a string", lambda f: raw_train(f, {
+            "query_id": "2", "query": "q", "positive_passages": [{"docid": "p1", "text": 7}],
+            "negative_passages": [{"docid": "p2", "text": "b"}]}),
+        TRAIN_RAW, error="train.jsonl:2: text must be a string, not int", outputs=("out",), needs=("model",)),
+    "train-mixed-formats": Case(
+        "tokenized and raw-text training files in one folder", mixed_train,
+        TRAIN_RAW[:7] + ("train",) + TRAIN_RAW[8:],
+        error="train/b.jsonl: holds text data but train/a.jsonl holds tokenized data; give files of one format",
+        outputs=("out",), needs=("model",)),
+    "train-prefix-on-token-ids": Case(
+        "`--query_prefix` for token-id training files that have no provenance record", train_groups,
+        ("-m", "tevatron.driver.train", "--output_dir", "out", "--model_name_or_path", "{model}", "--train_dir",
+         "train.jsonl", "--train_n_passages", "2", "--max_steps", "1", "--cache_dir", "cache",
+         "--query_prefix", "query: "),
+        error="--query_prefix 'query: ': the training data is token ids without a record of how they were "
+              "tokenized, and a prefix cannot be added to ids; give the prefix to build_train (--query_prefix) "
+              "or train on raw text", outputs=("out",), needs=("model",)),
+    "raw-corpus-missing-docid": Case(
+        "raw-text corpus line without `docid`", lambda f: write_lines(
+            f / "corpus.jsonl", '{"docid": "p1", "title": "", "text": "alpha"}', '{"title": "t", "text": "bravo"}'),
+        ("-m", "tevatron.driver.encode", "--output_dir", "enc", "--model_name_or_path", "{model}",
+         "--encode_in_path", "corpus.jsonl", "--encoded_save_path", "enc/corpus.pt"),
+        error="corpus.jsonl:2: missing field 'docid' (raw corpus: {\"docid\", \"title\", \"text\"})",
+        outputs=("enc/corpus.pt",), needs=("model",)),
+    "raw-query-missing-query": Case(
+        "raw-text query line without `query`", lambda f: write_lines(
+            f / "queries.jsonl", '{"query_id": "1", "query": "alpha"}', '{"query_id": "2", "text": "bravo"}'),
+        ("-m", "tevatron.driver.encode", "--output_dir", "enc", "--model_name_or_path", "{model}",
+         "--encode_in_path", "queries.jsonl", "--encoded_save_path", "enc/q.pt", "--encode_is_qry"),
+        error="queries.jsonl:2: missing field 'query'", outputs=("enc/q.pt",), needs=("model",)),
 }
 
 

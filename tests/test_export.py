@@ -148,3 +148,31 @@ def test_decoder_last_token_pooling_and_lora_folder_export(tmp_path):
     assert pooling.get("pooling_mode") == "lasttoken" or pooling.get("pooling_mode_lasttoken") is True
     got = torch.as_tensor(SentenceTransformer(str(tmp_path / "st"), device="cpu").encode(texts, batch_size=3))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_prefixes_are_exported_as_prompts(tiny_bert_dir, tmp_path):
+    """A model trained with --query_prefix/--passage_prefix: the prompts "query"/"document" add them, so
+    encode(..., prompt_name=...) equals what the encode driver computes from the raw texts."""
+    from sentence_transformers import SentenceTransformer
+    from tevatron.export import export
+    from tevatron.modeling import DenseModel
+
+    torch.manual_seed(0)
+    model = build_model(tiny_bert_dir)
+    model.dense_config.query_prefix, model.dense_config.passage_prefix = "query: ", "passage: "
+    model.save(tmp_path / "model")
+    load_tokenizer(str(tiny_bert_dir)).save_pretrained(tmp_path / "model")
+    assert DenseModel.load(tmp_path / "model").dense_config.query_prefix == "query: "
+    export(tmp_path / "model", tmp_path / "st", max_seq_length=MAX_LEN)
+    st_model = SentenceTransformer(str(tmp_path / "st"), device="cpu")
+    assert st_model.prompts["query"] == "query: " and st_model.prompts["document"] == "passage: "
+    texts = passages(load_tokenizer(str(tiny_bert_dir)).sep_token)
+    got_q = torch.as_tensor(st_model.encode(QUERIES, prompt_name="query", convert_to_numpy=True))
+    got_p = torch.as_tensor(st_model.encode(texts, prompt_name="document", convert_to_numpy=True))
+    expected_q = tevatron_vectors(tmp_path / "model", ["query: " + q for q in QUERIES], is_query=True)
+    expected_p = tevatron_vectors(tmp_path / "model", ["passage: " + t for t in texts], is_query=False)
+    torch.testing.assert_close(got_q, expected_q, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got_p, expected_p, atol=1e-5, rtol=0)
+    unprompted = torch.as_tensor(st_model.encode(QUERIES, convert_to_numpy=True))
+    assert (unprompted - expected_q).abs().max() > 1e-3, "the prompt matters"
+    assert "prompt_name=\"query\"" in (tmp_path / "st" / "README.md").read_text()

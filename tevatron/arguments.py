@@ -96,20 +96,30 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     train_dir: str | None = field(default=None, metadata={
-        "help": "directory of tokenized .json/.jsonl training files, or one such file"})
-    dataset_name: str | None = field(default=None, metadata={"help": "a Hugging Face dataset id (tokenized)"})
+        "help": "directory of .json/.jsonl training files (tokenized, or raw text in Tevatron v2's schema), or one"})
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "a Hugging Face dataset id or local dataset (raw text in Tevatron v2's schema, or tokenized)"})
     dataset_split: str = field(default="train")
     train_n_passages: int = field(default=8, metadata={"help": "one positive plus (n - 1) negatives per query"})
     q_max_len: int = field(default=32, metadata={"help": "maximum query length in tokens (special tokens included)"})
     p_max_len: int = field(default=128, metadata={"help": "maximum passage length in tokens"})
     dataset_proc_num: int = field(default=1, metadata={"help": "processes used to load and check the data"})
 
-    encode_in_path: Optional[List[str]] = field(default=None, metadata={"help": "tokenized file(s) to encode"})
+    encode_in_path: Optional[List[str]] = field(default=None, metadata={
+        "help": "file(s) to encode: tokenized, or raw text ({docid, title, text} / {query_id, query})"})
     encoded_save_path: str | None = field(default=None, metadata={"help": "where to save the encodings"})
     encode_is_qry: bool = field(default=False, metadata={"help": "encode queries (q_max_len, query encoder)"})
     encode_num_shard: int = field(default=1, metadata={"help": "split the input into this many shards"})
     encode_shard_index: int = field(default=0, metadata={"help": "which shard this process encodes"})
     overwrite: bool = field(default=False, metadata={"help": "re-encode even if the output file is complete"})
+
+    # raw text (Tevatron v2's schemas) and prefixes; None: not given (training: none, or what tokenized data
+    # was made with; encoding: what the model was trained with)
+    dataset_config: str | None = field(default=None, metadata={"help": "the --dataset_name configuration"})
+    query_prefix: str | None = field(default=None, metadata={
+        "help": "put in front of every query before tokenizing (e.g. 'query: '); saved with the model"})
+    passage_prefix: str | None = field(default=None, metadata={
+        "help": "put in front of every passage before tokenizing (e.g. 'passage: '); saved with the model"})
 
     def __post_init__(self):
         check_ranges(self, DATA_BOUNDS)

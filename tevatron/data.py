@@ -1,7 +1,9 @@
 """Training and encoding datasets and their collators.
 
 Training examples are Tevatron v1's tokenized groups ``{"query": [ids], "positives": [[ids]...],
-"negatives": [[ids]...]}`` (ids without special tokens).  Batches are padded to their longest member.
+"negatives": [[ids]...]}`` (ids without special tokens), or raw text in Tevatron v2's schema, held as
+``{"query": str, "positives": [[title, text]...], "negatives": ...}`` and tokenized by the collator
+(:mod:`tevatron.raw_text`); both are sampled the same way.  Batches are padded to their longest member.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from torch.utils.data import Dataset
 
 from .cli import CommandError
 from .files import InputError
+from .preprocess.tokenize import TEXT, TOKENIZED
+from .raw_text import (TextTokenizer, encode_record_format, one_format, raw_encode_record, training_record_format,
+                       validate_raw_train_record)
 from .text_formats import iter_jsonl
 
 logger = logging.getLogger(__name__)
@@ -74,10 +79,75 @@ def validate_train_record(path, number: int, record: dict, vocab_size: int | Non
     return {"query": query, "positives": positives, "negatives": negatives}
 
 
-def _iter_train_groups(files: Sequence[str], vocab_size: int | None, need_negatives: bool) -> Iterator[dict]:
+def _iter_train_groups(files: Sequence[str], vocab_size: int | None, need_negatives: bool,
+                       data_format: str = TOKENIZED) -> Iterator[dict]:
     for file in files:
         for number, record in iter_jsonl(file):
-            yield validate_train_record(file, number, record, vocab_size, need_negatives)
+            yield _validate_group(file, number, record, vocab_size, need_negatives, data_format)
+
+
+def _validate_group(source, number: int, record: dict, vocab_size, need_negatives: bool, data_format: str) -> dict:
+    if data_format == TEXT:
+        return validate_raw_train_record(source, number, record, need_negatives)
+    return validate_train_record(source, number, record, vocab_size, need_negatives)
+
+
+def _iter_dataset_groups(name: str, config: str | None, split: str, cache_dir: str | None,
+                         vocab_size: int | None, need_negatives: bool, data_format: str) -> Iterator[dict]:
+    """Rows of a ``datasets`` dataset, checked as lines of a file are (``NAME:ROW`` in messages, from 1)."""
+    for number, record in enumerate(load_hf_dataset(name, config, split, cache_dir), start=1):
+        yield _validate_group(name, number, dict(record), vocab_size, need_negatives, data_format)
+
+
+def load_hf_dataset(name: str, config: str | None, split: str, cache_dir: str | None):
+    """``datasets.load_dataset`` of a hub id or a local dataset (a folder of .jsonl files, a saved dataset)."""
+    import datasets
+
+    source = Path(name)
+    if source.is_dir() and (source / "dataset_info.json").is_file():  # written by Dataset.save_to_disk
+        return datasets.load_from_disk(str(source))
+    try:
+        return datasets.load_dataset(name, config, split=split, cache_dir=cache_dir)
+    except (FileNotFoundError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(name, f"cannot load this dataset ({reason})") from None
+
+
+def group_features(data_format: str):
+    """Arrow columns of checked groups: token ids, or raw text with passages as ``[title, text]``."""
+    import datasets
+
+    if data_format == TEXT:
+        passages = datasets.Sequence(datasets.Sequence(datasets.Value("string")))
+        return datasets.Features({"query": datasets.Value("string"), "positives": passages, "negatives": passages})
+    return datasets.Features({
+        "query": datasets.Sequence(datasets.Value("int32")),
+        "positives": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
+        "negatives": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
+    })
+
+
+def groups_format(groups) -> str:
+    """Whether loaded groups hold raw text (tokenized by the collator) or token ids."""
+    query = groups.features["query"]
+    return TEXT if getattr(query, "dtype", None) == "string" else TOKENIZED
+
+
+def training_data_format(data_args, cache_dir: str | None = None) -> tuple[str, list[str]]:
+    """The format of the training data (by first lines / first row) and its files (none for a dataset)."""
+    if data_args.train_dir:
+        files = [str(f) for f in list_data_files(data_args.train_dir)]
+        return one_format(files, training_record_format), files
+    if data_args.dataset_name:
+        return dataset_format(data_args.dataset_name, data_args.dataset_config, data_args.dataset_split,
+                              cache_dir), []
+    raise CommandError("give --train_dir or --dataset_name")
+
+
+def dataset_format(name: str, config: str | None, split: str, cache_dir: str | None) -> str:
+    for record in load_hf_dataset(name, config, split, cache_dir):
+        return training_record_format(dict(record))
+    raise InputError(name, "no training examples")
 
 
 def load_train_groups(data_args, vocab_size: int | None, cache_dir: str | None = None):
@@ -91,20 +161,28 @@ def load_train_groups(data_args, vocab_size: int | None, cache_dir: str | None =
     need_negatives = data_args.train_n_passages > 1
     if data_args.train_dir:
         files = [str(f) for f in list_data_files(data_args.train_dir)]
-        features = datasets.Features({
-            "query": datasets.Sequence(datasets.Value("int32")),
-            "positives": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
-            "negatives": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
-        })
+        data_format = one_format(files, training_record_format)
         fingerprint_parts = [f"{f}:{Path(f).stat().st_size}:{Path(f).stat().st_mtime_ns}" for f in files]
         groups = _unwrap_input_error(datasets.Dataset.from_generator)(
-            _iter_train_groups, features=features, cache_dir=cache_dir,
-            gen_kwargs={"files": files, "vocab_size": vocab_size, "need_negatives": need_negatives},
-            fingerprint=_stable_hash(fingerprint_parts + [str(vocab_size), str(need_negatives)]),
+            _iter_train_groups, features=group_features(data_format), cache_dir=cache_dir,
+            gen_kwargs={"files": files, "vocab_size": vocab_size, "need_negatives": need_negatives,
+                        "data_format": data_format},
+            fingerprint=_stable_hash(fingerprint_parts + [str(vocab_size), str(need_negatives), data_format]),
         )
         _log_group_sources(files, len(groups))
     elif data_args.dataset_name:
-        groups = datasets.load_dataset(data_args.dataset_name, split=data_args.dataset_split, cache_dir=cache_dir)
+        # A hub id (or local dataset) in either schema, checked row by row like files.  Not cached by
+        # fingerprint: the rows are re-read and re-checked on each run (the hub copy may change).
+        name, config, split = data_args.dataset_name, data_args.dataset_config, data_args.dataset_split
+        data_format = dataset_format(name, config, split, cache_dir)
+        groups = _unwrap_input_error(datasets.Dataset.from_generator)(
+            _iter_dataset_groups, features=group_features(data_format), cache_dir=cache_dir,
+            gen_kwargs={"name": name, "config": config, "split": split, "cache_dir": cache_dir,
+                        "vocab_size": vocab_size, "need_negatives": need_negatives, "data_format": data_format},
+            fingerprint=_stable_hash([name, str(config), split, str(vocab_size), str(need_negatives), data_format,
+                                      str(random.random())]),
+        )
+        logger.info("%s training groups (%s) from dataset %s, split %s", f"{len(groups):,}", data_format, name, split)
     else:
         raise ValueError("give --train_dir (tokenized files) or --dataset_name")
     if len(groups) == 0:
@@ -246,6 +324,7 @@ class TrainCollator:
     q_max_len: int = 32
     p_max_len: int = 128
     pad_to_max_length: bool = False  # fixed padding, for equivalence tests and benchmarks
+    text_tokenizer: TextTokenizer | None = None  # raw-text groups: tokenized here, on the fly
 
     def __post_init__(self):
         self.padder.check_room(self.q_max_len, "--q_max_len")
@@ -254,6 +333,8 @@ class TrainCollator:
     def __call__(self, features):
         queries = [query for query, _ in features]
         passages = [passage for _, group in features for passage in group]
+        if self.text_tokenizer is not None:
+            queries, passages = self.text_tokenizer.queries(queries), self.text_tokenizer.passages(passages)
         return {
             "query": self.padder(queries, self.q_max_len, self.q_max_len if self.pad_to_max_length else None),
             "passage": self.padder(passages, self.p_max_len, self.p_max_len if self.pad_to_max_length else None),
@@ -261,19 +342,41 @@ class TrainCollator:
 
 
 # --------------------------------------------------------------------------- encoding input
-def read_encode_records(paths: Sequence[str], vocab_size: int | None = None) -> tuple[list[str], list[list[int]]]:
-    """Read ``{"text_id", "text": [ids]}`` lines from one or more files, checking every line (token ids
-    against ``vocab_size`` too, where given)."""
-    ids: list[str] = []
-    texts: list[list[int]] = []
-    seen: set[str] = set()  # a repeated id would give a ranking that lists a passage twice
+def encode_input_files(paths: Sequence[str]) -> list[Path]:
+    """The files an encoding reads (folders listed), each once."""
     files = [path for file in paths for path in list_data_files(file)]
     for index, path in enumerate(files):
         if any(path.resolve() == other.resolve() for other in files[:index]):
             raise InputError(path, "given twice in the encode input")
+    return files
+
+
+def encode_input_format(paths: Sequence[str]) -> str:
+    """Tokenized (``{"text_id", "text": [ids]}``) or raw text (``{"docid", "title", "text"}`` /
+    ``{"query_id", "query"}``), by the files' first lines; one format for all of them."""
+    return one_format(encode_input_files(paths), encode_record_format)
+
+
+def read_encode_records(paths: Sequence[str], vocab_size: int | None = None, is_query: bool = False
+                        ) -> tuple[list[str], list]:
+    """Read ``{"text_id", "text": [ids]}`` lines from one or more files, checking every line (token ids
+    against ``vocab_size`` too, where given).  Raw-text files give ``[title, text]`` pairs instead
+    (``["", query]`` for queries), for :class:`tevatron.raw_text.TextTokenizer`."""
+    ids: list[str] = []
+    texts: list = []
+    seen: set[str] = set()  # a repeated id would give a ranking that lists a passage twice
+    data_format = encode_input_format(paths)
     for file in paths:
         for path in list_data_files(file):
             for number, record in iter_jsonl(path):
+                if data_format == TEXT:
+                    text_id, text = raw_encode_record(path, number, record, is_query)
+                    if text_id in seen:
+                        raise InputError(path, f"id {text_id!r} repeated", number)
+                    seen.add(text_id)
+                    ids.append(text_id)
+                    texts.append(text)
+                    continue
                 if "text_id" not in record or "text" not in record:
                     missing = "text_id" if "text_id" not in record else "text"
                     raise InputError(path, f"missing field {missing!r}", number)

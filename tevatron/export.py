@@ -114,7 +114,15 @@ def build_sentence_transformer(model_dir: Path, config: DenseConfig, max_seq_len
                              init_weight=weight, init_bias=bias))
     if config.normalize:
         modules.append(Normalize())
-    return SentenceTransformer(modules=modules, device="cpu")
+    # the training prefixes as sentence-transformers prompts: encode(texts, prompt_name="query") prepends them
+    return SentenceTransformer(modules=modules, device="cpu", prompts=prefix_prompts(config))
+
+
+def prefix_prompts(config: DenseConfig) -> dict[str, str]:
+    """``{"query": query_prefix, "document": passage_prefix}`` (sentence-transformers' prompt names), the
+    ones the model was trained with; empty when it was trained without prefixes."""
+    prompts = {"query": config.query_prefix, "document": config.passage_prefix}
+    return prompts if any(prompts.values()) else {}
 
 
 def model_card(model_dir: Path, config: DenseConfig, max_seq_length: int, base_model: str) -> str:
@@ -141,7 +149,7 @@ A bi-encoder trained with this toolkit (`tevatron.driver.train`) on `{base_model
 
 ## Input text
 
-Queries are given as they are.  Passages must be given as the corpus tokenisation built them:
+{prompts_line(config)}Queries are given as they are.  Passages must be given as the corpus tokenisation built them:
 `"title [SEP] text"` (the title, the tokenizer's separator token between spaces, then the text), or the
 text alone when there is no title.  At encoding time this toolkit cuts queries at `--q_max_len`
 (32 by default) and passages at `--p_max_len` (128 by default); this model cuts every text at
@@ -164,6 +172,16 @@ tevatron (the folder keeps `{TEVATRON_CONFIG}`, so it loads as the same model):
 python -m tevatron.driver.encode --model_name_or_path PATH/TO/THIS/FOLDER ...
 ```
 """
+
+
+def prompts_line(config: DenseConfig) -> str:
+    """The model card's words on prefixes, when the model was trained with them."""
+    if not prefix_prompts(config):
+        return ""
+    return (f"The model was trained with the query prefix {config.query_prefix!r} and the passage prefix "
+            f"{config.passage_prefix!r}; they are saved as the prompts `query` and `document`: encode with "
+            "`model.encode(queries, prompt_name=\"query\")` and `model.encode(passages, prompt_name=\"document\")` "
+            "(the prefix goes in front of the text, before the title).\n\n")
 
 
 def base_model_name(model_dir: Path) -> str:

@@ -40,6 +40,9 @@ class DenseConfig:
     projection_in_dim: int = 768
     projection_out_dim: int = 768
     append_eos_token: bool = False
+    # put in front of every text before tokenizing (training applied them; encoding follows)
+    query_prefix: str = ""
+    passage_prefix: str = ""
 
 
 def sentence_transformers_pooling(model_dir) -> str | None:

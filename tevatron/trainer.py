@@ -167,6 +167,8 @@ def training_provenance(model_args, data_args, training_args) -> dict:
                                              for path in list_data_files(data_args.train_dir)]}
     else:
         record["training data"] = {"dataset": data_args.dataset_name, "split": data_args.dataset_split}
+        if getattr(data_args, "dataset_config", None):
+            record["training data"]["config"] = data_args.dataset_config
     record.update({
         "pooling": planned_pooling(model_args.pooling, model_args.model_name_or_path),
         "normalize": model_args.normalize, "temperature": model_args.temperature,

@@ -1,4 +1,6 @@
-"""``python -m tevatron.driver.encode``: encode tokenized queries or passages into vectors.
+"""``python -m tevatron.driver.encode``: encode queries or passages into vectors, from tokenized files or raw
+text (Tevatron v2's ``{"docid", "title", "text"}`` / ``{"query_id", "query"}`` lines, tokenized here with the
+prefix the model was trained with unless ``--query_prefix`` / ``--passage_prefix`` say otherwise).
 
 Texts are sorted by length and each batch is padded to its longest member, so little compute goes to
 padding; vectors are written back in input order.  The output appears only when complete and carries
@@ -20,7 +22,10 @@ from transformers import HfArgumentParser
 
 from tevatron.argument_checks import parse_dataclasses
 from tevatron.arguments import DataArguments, EncodeArguments, ModelArguments, resolve_mixed_precision
-from tevatron.data import SequencePadder, length_sorted_batches, read_encode_records, shard_range
+from tevatron.data import (SequencePadder, encode_input_files, encode_input_format, length_sorted_batches,
+                           read_encode_records, shard_range)
+from tevatron.preprocess.tokenize import TEXT, iter_batches, prefix_record
+from tevatron.raw_text import TextTokenizer, check_tokenized_prefix, encoding_prefix
 from tevatron.cli import CommandError, command
 from tevatron.distributed_encode import EncodeJob, encode_job
 from tevatron.files import InputError, check_output_file
@@ -62,7 +67,8 @@ def encode_texts(model: DenseModel, padder: SequencePadder, texts, max_len: int,
 
 
 def encoding_provenance(model_args: ModelArguments, data_args: DataArguments, model: DenseModel, max_len: int,
-                        precision: str, dtype: str = "float32") -> dict:
+                        precision: str, dtype: str = "float32", prefix: str = "", data_format: str = "tokenized"
+                        ) -> dict:
     """What the vectors depend on: the model and tokenizer, the pooling and normalisation the loaded model
     actually uses, the side (query or passage encoder) and its max length after the cut to the model's
     positions, the input files, the shard, the precision and the stored dtype.  Not recorded, because
@@ -83,7 +89,19 @@ def encoding_provenance(model_args: ModelArguments, data_args: DataArguments, mo
         record["lora adapter"] = model_identity(model_args.lora_name_or_path)
     elif is_adapter_folder(model_args.model_name_or_path):  # an adapter folder: the record names its base too
         record["lora base model"] = model_identity(base_model_of(model_args.model_name_or_path))
+    side = "query" if data_args.encode_is_qry else "passage"
+    record.update(prefix_record(**{f"{side}_prefix": prefix}, data_format=data_format))  # likewise
     return record
+
+
+def tokenize_raw(tokenizer, texts, max_len: int, is_query: bool, prefix: str, batch_size: int = 1000) -> list:
+    """Raw ``[title, text]`` pairs (``["", query]``) to token ids, as the tokenize scripts would make them."""
+    text_tokenizer = TextTokenizer(tokenizer, max_len, max_len, query_prefix=prefix, passage_prefix=prefix)
+    token_ids = []
+    for batch in tqdm(list(iter_batches(texts, batch_size)), desc="tokenizing", unit="batch", mininterval=5):
+        token_ids.extend(text_tokenizer.queries([text for _, text in batch]) if is_query
+                         else text_tokenizer.passages(batch))
+    return token_ids
 
 
 def all_rows_equal(reps: torch.Tensor, tolerance: float = 1e-6, chunk: int = 65536) -> bool:
@@ -152,23 +170,33 @@ def encode_command(argv, job: EncodeJob | None) -> int:
     precision = resolve_mixed_precision(encode_args, getattr(config, "hidden_size", None)
                                         or model.lm_q.get_input_embeddings().embedding_dim)
     autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    provenance = encoding_provenance(model_args, data_args, model, max_len, precision, encode_args.encode_dtype)
+    side = "query" if data_args.encode_is_qry else "passage"
+    prefix = encoding_prefix(getattr(data_args, f"{side}_prefix"), getattr(model.dense_config, f"{side}_prefix"), side)
+    data_format = encode_input_format(data_args.encode_in_path)
+    if data_format != TEXT:  # token ids already hold a prefix: it must be this one
+        check_tokenized_prefix(encode_input_files(data_args.encode_in_path), f"{side}_prefix", prefix)
+    provenance = encoding_provenance(model_args, data_args, model, max_len, precision, encode_args.encode_dtype,
+                                     prefix, data_format)
     output_up_to_date = functools.partial(up_to_date, data_args.encoded_save_path, provenance, encodings_provenance,
                                           data_args.overwrite, redo="re-encoding")
     if job.decide(output_up_to_date) if job else output_up_to_date():  # under torchrun rank 0 decides for all
         return 0
 
-    ids, texts = read_encode_records(data_args.encode_in_path, vocab_size=model.vocab_size())
+    ids, texts = read_encode_records(data_args.encode_in_path, vocab_size=model.vocab_size(),
+                                     is_query=data_args.encode_is_qry)
     shard = shard_range(len(ids), data_args.encode_num_shard, data_args.encode_shard_index)
     ids, texts = ids[shard.start: shard.stop], texts[shard.start: shard.stop]
     if not ids:
         raise InputError(data_args.encode_in_path[0], "nothing to encode (empty input or shard)")
-    logger.info("encoding %d %s (shard %d of %d), max length %d", len(ids),
-                "queries" if data_args.encode_is_qry else "passages", data_args.encode_shard_index,
+    logger.info("encoding %d %s (%s%s, shard %d of %d), max length %d", len(ids),
+                "queries" if data_args.encode_is_qry else "passages", data_format,
+                f", prefix {prefix!r}" if prefix else "", data_args.encode_shard_index,
                 data_args.encode_num_shard, max_len)
 
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
+    if data_format == TEXT:
+        texts = tokenize_raw(tokenizer, texts, max_len, data_args.encode_is_qry, prefix)
     device = job.device if job else encode_args.device
     model.to(device)
     if device.type == "cpu":

@@ -1,4 +1,5 @@
-"""``python -m tevatron.driver.train``: train a bi-encoder on tokenized (query, positives, negatives) groups."""
+"""``python -m tevatron.driver.train``: train a bi-encoder on (query, positives, negatives) groups, tokenized
+(v1) or raw text (Tevatron v2's schema, tokenized on the fly), from files or a ``datasets`` dataset."""
 from __future__ import annotations
 
 import gc
@@ -10,7 +11,9 @@ from transformers import HfArgumentParser, set_seed
 
 from tevatron.argument_checks import parse_dataclasses
 from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingArguments, resolve_mixed_precision
-from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups
+from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups, training_data_format
+from tevatron.preprocess.tokenize import TEXT
+from tevatron.raw_text import TextTokenizer, training_prefixes
 from tevatron.cli import CommandError, command
 from tevatron.distillation import DistillationCollator, DistillationDataset, load_scored_groups
 from tevatron.files import check_output_dir
@@ -56,6 +59,12 @@ def main(argv=None) -> int:
         raise CommandError("--distillation needs --train_n_passages of at least 2: the teacher's distribution "
                            "over a group of one passage is always 1")
     wanted = training_provenance(model_args, data_args, training_args)  # records the precision decided
+    data_format, data_files = training_data_format(data_args, model_args.cache_dir)
+    prefixes = training_prefixes(data_args, data_format, data_files)
+    if training_args.distillation and data_format == TEXT:
+        raise CommandError("--distillation reads tokenized groups with teacher scores (tevatron.reranker.driver."
+                           "score_groups output); raw-text groups are not supported with it yet")
+    wanted.update({field: value for field, value in prefixes.items() if value})  # none: records stay as before
     if not prepare_output_dir(training_args, wanted):
         shutdown_distributed()
         return 0  # the model in --output_dir is up to date
@@ -66,6 +75,8 @@ def main(argv=None) -> int:
     model = DenseModel.build(model_args, negatives_x_device=training_args.negatives_x_device,
                              distil_temperature=training_args.distil_temperature,
                              distil_weight=training_args.distil_weight)
+    model.dense_config.query_prefix = prefixes["query_prefix"]  # saved with the model, followed by encoding
+    model.dense_config.passage_prefix = prefixes["passage_prefix"]
     if training_args.device.type == "cpu":
         use_onednn_linear(model, model_args.cpu_linear)
         if model_args.cpu_dropout == "fast":
@@ -76,10 +87,12 @@ def main(argv=None) -> int:
     train_dataset = TrainDataset(groups, data_args.train_n_passages, training_args.seed)
     logger.info("%d training groups, %d passages each", len(train_dataset), data_args.train_n_passages)
     pad_multiple = 8 if (training_args.fp16 or training_args.bf16) else None  # tensor-core friendly on GPU
+    q_max_len = model.fit_max_len(data_args.q_max_len, "--q_max_len")
+    p_max_len = model.fit_max_len(data_args.p_max_len, "--p_max_len")
+    text_tokenizer = (TextTokenizer(tokenizer, q_max_len, p_max_len, **prefixes) if data_format == TEXT else None)
     collator = TrainCollator(SequencePadder(tokenizer, pad_to_multiple_of=pad_multiple,
-                                            append_eos=model.dense_config.append_eos_token),
-                             q_max_len=model.fit_max_len(data_args.q_max_len, "--q_max_len"),
-                             p_max_len=model.fit_max_len(data_args.p_max_len, "--p_max_len"))
+                                            append_eos=model.dense_config.append_eos_token), q_max_len=q_max_len,
+                             p_max_len=p_max_len, text_tokenizer=text_tokenizer)
     if training_args.distillation:  # teacher scores sampled with their passages, a tensor in each batch
         train_dataset, collator = DistillationDataset(train_dataset), DistillationCollator(collator)
 

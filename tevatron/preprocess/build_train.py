@@ -9,6 +9,11 @@ are the candidates minus the positives, shuffled by a generator seeded with ``(s
 ``n_sample``.  Seeding per query makes a group depend only on the seed and its own candidates, not on
 file order or on the other queries.
 
+With ``--format text`` the groups are written as raw text in Tevatron v2's training schema
+(``{"query_id", "query", "positive_passages": [{"docid", "title", "text"}], "negative_passages": [...]}``),
+the same groups, to be tokenized on the fly by the training collator; ``--query_prefix`` /
+``--passage_prefix`` go in front of every text tokenized here.
+
 Memory stays proportional to what is used: the collection is read twice (once for its ids, once to
 tokenise only the sampled passages), and negatives are sampled line by line.
 """
@@ -35,7 +40,9 @@ from tevatron.text_formats import iter_collection, iter_negatives, positives_fro
 from tevatron.preprocess.common import real_title
 from tevatron.provenance import (begin_folder_output, file_identity, finish_folder_output, folder_up_to_date,
                                  model_identity)
-from tevatron.preprocess.tokenize import DEFAULT_BATCH_SIZE, iter_batches, passage_text, tokenize_batch
+from tevatron.preprocess.tokenize import (DEFAULT_BATCH_SIZE, TEXT, TOKENIZED, add_format_arguments, iter_batches,
+                                         passage_text, prefix_record, query_text, refuse_prefix_on_text,
+                                         tokenize_batch)
 from tevatron.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -62,6 +69,17 @@ class TrainSetOptions:
     q_max_len: int = 32
     p_max_len: int = 128
     shard_size: int = 45000
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    format: str = TOKENIZED
+
+    def record(self) -> dict:
+        """The options for the provenance record (prefixes and format only when not the default)."""
+        fields = {key: value for key, value in asdict(self).items()
+                  if key not in ("query_prefix", "passage_prefix", "format")}
+        if self.format == TEXT:  # raw text is cut by training, not here
+            del fields["q_max_len"], fields["p_max_len"]
+        return {**fields, **prefix_record(self.query_prefix, self.passage_prefix, self.format)}
 
 
 @dataclass
@@ -164,7 +182,7 @@ class TokenStore:
 
 
 def tokenize_needed_passages(collection_path, needed_rows: np.ndarray, tokenizer, p_max_len: int,
-                             batch_size: int = DEFAULT_BATCH_SIZE) -> TokenStore:
+                             batch_size: int = DEFAULT_BATCH_SIZE, prefix: str = "") -> TokenStore:
     """Second pass over the collection: tokenise only the rows the groups use, in batches."""
     needed = np.zeros(int(needed_rows.max()) + 1 if len(needed_rows) else 0, dtype=bool)
     needed[needed_rows] = True
@@ -175,7 +193,7 @@ def tokenize_needed_passages(collection_path, needed_rows: np.ndarray, tokenizer
             if row >= len(needed):
                 return
             if needed[row]:
-                yield row, passage_text(title, text, tokenizer.sep_token)
+                yield row, passage_text(title, text, tokenizer.sep_token, prefix)
 
     with tqdm(total=len(needed_rows), desc="tokenize sampled passages", unit=" passages", mininterval=5) as bar:
         for batch in iter_batches(wanted(), batch_size):
@@ -185,12 +203,28 @@ def tokenize_needed_passages(collection_path, needed_rows: np.ndarray, tokenizer
     return store
 
 
+def read_needed_passages(collection_path, needed_rows: np.ndarray) -> dict[int, dict]:
+    """``--format text``: the raw ``{"docid", "title", "text"}`` of the rows the groups use, by row."""
+    needed = set(needed_rows.tolist())
+    return {row: {"docid": pid, "title": real_title(title), "text": text}
+            for row, (_, pid, title, text) in enumerate(iter_collection(collection_path)) if row in needed}
+
+
 # --------------------------------------------------------------------------- writing
+def iter_text_group_records(groups: Sequence[TrainingGroup], queries: dict[str, str],
+                            passages: dict[int, dict]) -> Iterator[dict]:
+    """Training records in Tevatron v2's raw-text schema."""
+    for group in groups:
+        yield {"query_id": group.qid, "query": queries[group.qid],
+               "positive_passages": [passages[row] for row in group.positive_rows.tolist()],
+               "negative_passages": [passages[row] for row in group.negative_rows.tolist()]}
+
+
 def iter_group_records(groups: Sequence[TrainingGroup], queries: dict[str, str], store: TokenStore, tokenizer,
-                       q_max_len: int, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[dict]:
+                       q_max_len: int, batch_size: int = DEFAULT_BATCH_SIZE, prefix: str = "") -> Iterator[dict]:
     """Training records, queries tokenised a batch at a time."""
     for batch in iter_batches(groups, batch_size):
-        query_ids = tokenize_batch(tokenizer, [queries[group.qid] for group in batch], q_max_len)
+        query_ids = tokenize_batch(tokenizer, [query_text(queries[group.qid], prefix) for group in batch], q_max_len)
         for group, query in zip(batch, query_ids):
             yield {"query_id": group.qid, "query": query,
                    "positives": [store.get(row) for row in group.positive_rows.tolist()],
@@ -223,12 +257,15 @@ def build_training_set(candidate_groups: Iterable[tuple[str, list[str]]], source
     inputs and options is skipped and any other rerun rebuilds the folder.
     """
     save_to = Path(save_to)
+    refuse_prefix_on_text(options.format, options.query_prefix, options.passage_prefix)
     for path in (qrels_path, queries_path, collection_path):
         if not Path(path).is_file():
             raise InputError(path, "no such file")
     provenance = {**candidates_record, "tokenizer": model_identity(tokenizer_name),
                   "qrels": file_identity(qrels_path), "queries": file_identity(queries_path),
-                  "collection": file_identity(collection_path), **asdict(options)}
+                  "collection": file_identity(collection_path), **options.record()}
+    if options.format == TEXT:
+        del provenance["tokenizer"]  # raw text: no tokenizer involved
     if folder_up_to_date(save_to, provenance, overwrite, redo="rebuilding"):
         return shard_files(save_to, shard_suffix)
     queries = read_queries(queries_path)
@@ -238,12 +275,17 @@ def build_training_set(candidate_groups: Iterable[tuple[str, list[str]]], source
     _log_counts(counts, len(groups), source, qrels_path)
     if not groups:
         raise InputError(source, "no query has both positives and negatives; nothing to train on")
-    tokenizer = load_tokenizer(tokenizer_name)
     needed_rows = np.unique(np.concatenate([np.concatenate([g.positive_rows, g.negative_rows]) for g in groups]))
-    store = tokenize_needed_passages(collection_path, needed_rows, tokenizer, options.p_max_len)
+    if options.format == TEXT:
+        records = iter_text_group_records(groups, queries, read_needed_passages(collection_path, needed_rows))
+    else:
+        tokenizer = load_tokenizer(tokenizer_name)
+        store = tokenize_needed_passages(collection_path, needed_rows, tokenizer, options.p_max_len,
+                                         prefix=options.passage_prefix)
+        records = iter_group_records(groups, queries, store, tokenizer, options.q_max_len,
+                                     prefix=options.query_prefix)
     begin_folder_output(save_to, provenance, lambda folder: shard_files(folder, shard_suffix),
                         keep_finished=False)  # every shard is rewritten
-    records = iter_group_records(groups, queries, store, tokenizer, options.q_max_len)
     paths = write_shards(records, len(groups), save_to, options.shard_size, shard_suffix)
     finish_folder_output(save_to, provenance, {"groups": len(groups), "shards": len(paths), **counts})
     logger.info("wrote %d training groups in %d shards to %s", len(groups), len(paths), save_to)
@@ -288,11 +330,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--p_max_len", type=int_arg(TOKEN_LENGTH), default=128)
     parser.add_argument("--shard_size", type=int_arg(POSITIVE), default=45000, help="groups per split file")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if the folder is up to date")
+    add_format_arguments(parser, "--query_prefix", "--passage_prefix")
 
 
 def options_from_args(args: argparse.Namespace) -> TrainSetOptions:
     return TrainSetOptions(n_sample=args.n_sample, seed=args.seed, q_max_len=args.q_max_len,
-                           p_max_len=args.p_max_len, shard_size=args.shard_size)
+                           p_max_len=args.p_max_len, shard_size=args.shard_size, query_prefix=args.query_prefix,
+                           passage_prefix=args.passage_prefix, format=args.format)
 
 
 def build_parser() -> argparse.ArgumentParser:

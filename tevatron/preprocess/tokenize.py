@@ -5,6 +5,10 @@ Tevatron.  The corpus is cut into contiguous row ranges (``split00.json`` ...), 
 in batches by the fast tokenizer in its own process and written atomically, so an interrupted run
 resumes where it stopped.
 
+With ``--format text`` the same files hold raw text instead, in Tevatron v2's schemas (``{"query_id",
+"query"}``, ``{"docid", "title", "text"}``), for encoding with on-the-fly tokenization; ``--query_prefix`` /
+``--passage_prefix`` (E5/BGE-style instructions) are put in front of every text before it is tokenized.
+
 Outputs record what they were made from (tokenizer, input file, max length, splits): the corpus
 folder in its ``.complete`` record, a query file in its sidecar record (:mod:`tevatron.provenance`).
 A re-run reuses an output only when that record is unchanged.
@@ -35,11 +39,38 @@ DEFAULT_BATCH_SIZE = 1000
 SPLIT_GLOB = "split*.json"
 
 
+TOKENIZED, TEXT = "tokenized", "text"  # what a data file holds: token ids (v1) or raw text (v2's schemas)
+
+
 # --------------------------------------------------------------------------- shared by every builder
-def passage_text(title: str, text: str, sep_token: str) -> str:
-    """Tevatron's passage input: ``title [SEP] text``, or the text alone when there is no title."""
+def passage_text(title: str, text: str, sep_token: str, prefix: str = "") -> str:
+    """Tevatron's passage input: ``title [SEP] text``, or the text alone when there is no title, after
+    ``prefix`` (``--passage_prefix``).  The one join of title and text: tokenizing ahead and on the fly
+    both go through it."""
     title = real_title(title)
-    return f"{title} {sep_token} {text}" if title else text
+    return prefix + (f"{title} {sep_token} {text}" if title else text)
+
+
+def query_text(text: str, prefix: str = "") -> str:
+    """A query's input: ``--query_prefix`` then the text."""
+    return prefix + text
+
+
+def prefix_record(query_prefix: str = "", passage_prefix: str = "", data_format: str = TOKENIZED) -> dict:
+    """The prefixes and format for a provenance record, each only when not the default (so records of
+    outputs made before these options existed still match)."""
+    record = {"query_prefix": query_prefix, "passage_prefix": passage_prefix}
+    record = {key: value for key, value in record.items() if value}
+    if data_format != TOKENIZED:
+        record["format"] = data_format
+    return record
+
+
+def refuse_prefix_on_text(data_format: str, *prefixes: str) -> None:
+    """Raw-text outputs are tokenized later (training, encoding): a prefix is given there, not here."""
+    if data_format == TEXT and any(prefixes):
+        raise CommandError("--format text writes raw text, tokenized later: give --query_prefix/--passage_prefix "
+                           "to training and encoding instead (they record and apply them)")
 
 
 def tokenize_batch(tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
@@ -72,17 +103,26 @@ def iter_tokenized(tokenizer, records: Iterable[tuple[str, str]], max_len: int,
 
 # --------------------------------------------------------------------------- queries
 def tokenize_queries(tokenizer_name: str, query_file, save_to, q_max_len: int = 32,
-                     batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False) -> int:
+                     batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False, prefix: str = "",
+                     data_format: str = TOKENIZED) -> int:
     """Write ``save_to`` (JSON lines) for every query of ``query_file``; returns how many."""
+    refuse_prefix_on_text(data_format, prefix)
     save_to = Path(save_to)
-    provenance = {"tokenizer": model_identity(tokenizer_name), "queries": file_identity(query_file),
-                  "q_max_len": q_max_len}
+    if data_format == TEXT:
+        provenance = {"queries": file_identity(query_file), **prefix_record(data_format=TEXT)}
+    else:
+        provenance = {"tokenizer": model_identity(tokenizer_name), "queries": file_identity(query_file),
+                      "q_max_len": q_max_len, **prefix_record(query_prefix=prefix)}
     if up_to_date(save_to, provenance, read_file_record, overwrite, redo="re-tokenizing"):
         return 0
     queries = read_queries(query_file)
-    tokenizer = load_tokenizer(tokenizer_name)
     records = tqdm(queries.items(), total=len(queries), desc=f"tokenize {Path(query_file).name}", mininterval=5)
-    write_jsonl(save_to, iter_tokenized(tokenizer, records, q_max_len, batch_size))
+    if data_format == TEXT:
+        write_jsonl(save_to, ({"query_id": qid, "query": text} for qid, text in records))
+    else:
+        tokenizer = load_tokenizer(tokenizer_name)
+        prefixed = ((qid, query_text(text, prefix)) for qid, text in records)
+        write_jsonl(save_to, iter_tokenized(tokenizer, prefixed, q_max_len, batch_size))
     write_file_record(save_to, provenance)
     logger.info("wrote %d tokenized queries to %s", len(queries), save_to)
     return len(queries)
@@ -113,10 +153,15 @@ def tokenize_split(job: dict) -> tuple[int, int]:
     """
     tokenizer = job["tokenizer"]
     rows = iter_collection(job["corpus"], job["start"], job["stop"])
-    records = ((pid, passage_text(title, text, tokenizer.sep_token)) for _, pid, title, text in rows)
+    if job["format"] == TEXT:
+        output = ({"docid": pid, "title": real_title(title), "text": text} for _, pid, title, text in rows)
+    else:
+        records = ((pid, passage_text(title, text, tokenizer.sep_token, job["prefix"]))
+                   for _, pid, title, text in rows)
+        output = iter_tokenized(tokenizer, records, job["p_max_len"], job["batch_size"])
     count = 0
     with atomic_text_writer(job["path"]) as out:
-        for record in iter_tokenized(tokenizer, records, job["p_max_len"], job["batch_size"]):
+        for record in output:
             out.write(json.dumps(record) + "\n")
             count += 1
     if count != job["stop"] - job["start"]:
@@ -147,10 +192,11 @@ def _run_jobs(jobs: list[dict], num_workers: int) -> Iterator[tuple[int, int]]:
 
 
 def tokenize_passages(tokenizer_name: str, corpus_file, save_to, n_splits: int = 10, p_max_len: int = 128,
-                      num_workers: int = 2, batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False
-                      ) -> list[Path]:
+                      num_workers: int = 2, batch_size: int = DEFAULT_BATCH_SIZE, overwrite: bool = False,
+                      prefix: str = "", data_format: str = TOKENIZED) -> list[Path]:
     """Write the corpus as ``split00.json`` ... in ``save_to``; splits finished by an interrupted run
     from the same tokenizer, corpus and arguments are kept."""
+    refuse_prefix_on_text(data_format, prefix)
     corpus_file, save_to = Path(corpus_file), Path(save_to)
     n_rows = count_data_lines(corpus_file)
     if n_rows == 0:
@@ -159,14 +205,18 @@ def tokenize_passages(tokenizer_name: str, corpus_file, save_to, n_splits: int =
         logger.warning("%d splits requested for %d passages; using %d", n_splits, n_rows, n_rows)
         n_splits = n_rows
     provenance = {"tokenizer": model_identity(tokenizer_name), "corpus": file_identity(corpus_file), "rows": n_rows,
-                  "n_splits": n_splits, "p_max_len": p_max_len}
+                  "n_splits": n_splits, "p_max_len": p_max_len,
+                  **prefix_record(passage_prefix=prefix, data_format=data_format)}
+    if data_format == TEXT:  # raw text depends on neither the tokenizer nor a length
+        del provenance["tokenizer"], provenance["p_max_len"]
     paths = [split_path(save_to, index) for index in range(n_splits)]
     if folder_up_to_date(save_to, provenance, overwrite, redo="re-tokenizing"):
         return paths
     begin_folder_output(save_to, provenance, SPLIT_GLOB, keep_finished=not overwrite)
-    tokenizer = load_tokenizer(tokenizer_name)
+    tokenizer = load_tokenizer(tokenizer_name) if data_format == TOKENIZED else None
     jobs = [{"index": index, "start": start, "stop": stop, "path": str(paths[index]), "corpus": str(corpus_file),
-             "tokenizer": tokenizer, "p_max_len": p_max_len, "batch_size": batch_size}
+             "tokenizer": tokenizer, "p_max_len": p_max_len, "batch_size": batch_size, "prefix": prefix,
+             "format": data_format}
             for index, (start, stop) in enumerate(split_ranges(n_rows, n_splits)) if not paths[index].is_file()]
     if len(jobs) < n_splits:
         logger.info("%d of %d splits already written; resuming", n_splits - len(jobs), n_splits)
@@ -188,7 +238,16 @@ def build_queries_parser() -> argparse.ArgumentParser:
     parser.add_argument("--q_max_len", type=int_arg(TOKEN_LENGTH), default=32)
     parser.add_argument("--batch_size", type=int_arg(POSITIVE), default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--overwrite", action="store_true")
+    add_format_arguments(parser, "--query_prefix")
     return parser
+
+
+def add_format_arguments(parser: argparse.ArgumentParser, *prefix_flags: str) -> None:
+    """``--format`` and the prefix flags a tokenization script takes."""
+    parser.add_argument("--format", choices=(TOKENIZED, TEXT), default=TOKENIZED,
+                        help="tokenized: token ids (v1); text: raw text in Tevatron v2's schema, tokenized later")
+    for flag in prefix_flags:
+        parser.add_argument(flag, default="", help="put in front of every text before tokenizing (e.g. 'query: ')")
 
 
 def build_passages_parser() -> argparse.ArgumentParser:
@@ -201,6 +260,7 @@ def build_passages_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_workers", type=int_arg(POSITIVE), default=2)
     parser.add_argument("--batch_size", type=int_arg(POSITIVE), default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if the folder is up to date")
+    add_format_arguments(parser, "--passage_prefix")
     return parser
 
 
@@ -208,14 +268,14 @@ def _queries_main(argv: Sequence[str] | None) -> None:
     args = build_queries_parser().parse_args(argv)
     check_output_file(args.save_to)
     tokenize_queries(args.tokenizer_name, args.query_file, args.save_to, args.q_max_len, args.batch_size,
-                     args.overwrite)
+                     args.overwrite, args.query_prefix, args.format)
 
 
 def _passages_main(argv: Sequence[str] | None) -> None:
     args = build_passages_parser().parse_args(argv)
     check_output_dir(args.save_to)
     tokenize_passages(args.tokenizer_name, args.file, args.save_to, args.n_splits, args.p_max_len,
-                      args.num_workers, args.batch_size, args.overwrite)
+                      args.num_workers, args.batch_size, args.overwrite, args.passage_prefix, args.format)
 
 
 def queries_main(argv: Sequence[str] | None = None) -> int:
