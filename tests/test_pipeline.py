@@ -80,7 +80,8 @@ def pipeline_env(**settings) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
                PYTHONPATH=str(REPO_ROOT))
-    for name in ("PROFILE", "DATA", "DATASET", "DATA_DIR", "OUT", "MODEL", "TOKENIZER", "LR", "TRAIN_EXTRA", "NPROC"):
+    for name in ("PROFILE", "DATA", "DATASET", "DATA_DIR", "OUT", "MODEL", "TOKENIZER", "LR", "TRAIN_EXTRA", "NPROC",
+                 "RERANK_DIR", "DISTIL_DIR"):
         env.pop(name, None)           # a developer's own settings must not leak in
     env.update(settings)
     return env
