@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Stage 3b: distil the reranker into the bi-encoder. The reranker scores every passage of the stage-2
-# training groups ($OUT/train-distil: the groups with positive_scores/negative_scores), the bi-encoder
-# learns its distribution over each group (tevatron.driver.train --distillation, from DISTIL_INIT), then
-# encode, search, reduce and evaluate on the dev queries (metrics/distil.json).
+# training groups (train-distil/: the groups with positive_scores/negative_scores), the bi-encoder
+# learns its distribution over each group (model-distil/: tevatron.driver.train --distillation, from
+# DISTIL_INIT), then encode, search, reduce and evaluate on the dev queries (metrics/distil.json). Everything
+# goes into DISTIL_DIR ($RERANK_DIR/distil-<hash of the DISTIL_* settings>, printed at the start).
 #
 #   bash distil.sh                 # after rerank.sh, with the same settings
 #
@@ -15,15 +16,16 @@ do_check_stage2() { check_stage2_model; }
 do_check_reranker() { check_reranker; }
 do_score_groups() { score_groups; }
 do_train_distil() { train_distilled; }
-do_distil_eval() { encode_search_eval "$OUT/model-distil" distil; }
+do_distil_eval() { encode_search_eval "$DISTIL_DIR/model-distil" distil "$DISTIL_DIR"; }
 
 main() {
   resolve_settings
   resolve_precision
   init_model_for DISTIL_INIT DISTIL_INIT_MODEL
-  STEP_LOG=$OUT/step_times.log
-  print_settings
+  STEP_LOG=$DISTIL_DIR/step_times.log
+  print_settings stage3
   require_prepared_data
+  [[ $FORMAT == tokenized ]] || die "stage 3 (reranker, teacher scores) reads the tokenized data; it does not run with FORMAT=$FORMAT yet"
   if ! has_train_data; then nothing_to_train; return 0; fi
   if [[ $DISTIL_INIT == initial ]]; then settle_hub_access; require_model "$MODEL"; fi
   run_step check_stage2        # the training groups the teacher scores come from

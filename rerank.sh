@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Stage 3a: train a cross-encoder reranker on $OUT/train-hn (the stage-2 training groups: BM25 and mined
 # hard negatives), rerank the top RERANK_DEPTH of each dev query of the BM25 ranking and of the stage-2
-# ranking, and evaluate both (metrics/rerank_bm25.json, metrics/rerank_stage2.json).
+# ranking, and evaluate both. Everything goes into RERANK_DIR ($OUT/rerank-<hash of the reranker settings>,
+# printed at the start): reranker/, ranking/rerank_{bm25,stage2}/dev.rank.tsv, metrics/rerank_bm25.json,
+# metrics/rerank_stage2.json.
 #
 #   bash rerank.sh                 # after run.sh, mine_hard_neg.sh and train_hn.sh, with the same settings
 #
@@ -19,9 +21,10 @@ do_rerank_stage2() { rerank_and_eval "$OUT/ranking/stage2/dev.rank.tsv" rerank_s
 main() {
   resolve_settings
   resolve_precision
-  STEP_LOG=$OUT/step_times.log
-  print_settings
+  STEP_LOG=$RERANK_DIR/step_times.log
+  print_settings stage3
   require_prepared_data
+  [[ $FORMAT == tokenized ]] || die "stage 3 (reranker, teacher scores) reads the tokenized data; it does not run with FORMAT=$FORMAT yet"
   if ! has_train_data; then nothing_to_train "; no reranker to train"; return 0; fi
   settle_hub_access
   require_model "$RERANKER_MODEL"

@@ -9,10 +9,13 @@
 # every profile; the PROFILE DEFAULTS section only fills what is still empty, so leave it as it is.
 #
 # Every run prints the settings it uses and its output folder OUT. Unless you set OUT, it is
-# runs/<data>-<profile>-<hash>, the hash covering every setting that changes results (RESULT_SETTINGS in
-# msmarco-passage-ranking/pipeline_common.sh), so two configurations never share a folder. An OUT you set
-# is used as given; a finished model there trained with other settings is refused in one line naming what
-# differs.
+# runs/<data>-<profile>-<hash>, the hash covering every setting that changes the results of stages 1 and 2
+# (RESULT_SETTINGS in msmarco-passage-ranking/pipeline_common.sh), so two configurations never share a
+# folder. Stage 3 nests in OUT by its own settings: rerank.sh writes to RERANK_DIR (OUT/rerank-<hash of the
+# RERANKER_* and RERANK_* settings but RERANK_BATCH>), distil.sh to DISTIL_DIR (RERANK_DIR/distil-<hash of
+# the DISTIL_* settings>), so a stage-3 setting never retrains stages 1 and 2, and a DISTIL_* one never the
+# reranker. An OUT (RERANK_DIR, DISTIL_DIR) you set is used as given; a finished model there trained with
+# other settings is refused in one line naming what differs.
 
 # ================================================================== YOUR SETTINGS (edit here)
 PROFILE=${PROFILE:-}            # [marco] marco: the seed's MS MARCO recipe (bert-base-uncased) | quick: SciFact-sized data on a CPU
@@ -62,8 +65,12 @@ DISTIL_INIT=${DISTIL_INIT:-}    # [initial | stage1] the distilled bi-encoder st
 DISTIL_TEMPERATURE=${DISTIL_TEMPERATURE:-}  # [1] the teacher's scores are divided by this before their softmax
 DISTIL_WEIGHT=${DISTIL_WEIGHT:-}  # [0 | 0.2] loss = KL to the teacher + DISTIL_WEIGHT x the in-batch contrastive loss
 DISTIL_LR=${DISTIL_LR:-}        # [LR] learning rate, distillation
-DISTIL_EPOCHS=${DISTIL_EPOCHS:-}  # [EPOCHS | 2] epochs, distillation (on $OUT/train-distil: the stage-2 groups, scored)
+DISTIL_EPOCHS=${DISTIL_EPOCHS:-}  # [EPOCHS | 2] epochs, distillation (on $DISTIL_DIR/train-distil: the stage-2 groups, scored)
 RERANK_BATCH=${RERANK_BATCH:-}  # [128 | 64] (query, passage) pairs per scoring batch (speed only)
+RERANK_DIR=${RERANK_DIR:-}      # [OUT/rerank-<hash>] rerank.sh's outputs: reranker/, ranking/rerank_{bm25,stage2}/,
+                                #   metrics/rerank_{bm25,stage2}.json, step_times.log
+DISTIL_DIR=${DISTIL_DIR:-}      # [RERANK_DIR/distil-<hash>] distil.sh's outputs: train-distil/ (the scored groups),
+                                #   model-distil/, encoding/distil/, ranking/distil/, metrics/distil.json, step_times.log
 # speed and logging only (results do not change)
 ENCODE_BATCH=${ENCODE_BATCH:-}  # [128] texts per encoding batch
 NPROC=${NPROC:-}                # [1] processes per encoding step (torchrun): one per GPU, or up to one per
@@ -163,6 +170,6 @@ FORMAT=${FORMAT:-tokenized}
 CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-10}
 ROCKETQA_URL=${ROCKETQA_URL:-https://rocketqa.bj.bcebos.com/corpus/marco.tar.gz}
 QRELS_TRAIN_URL=${QRELS_TRAIN_URL:-https://msmarco.blob.core.windows.net/msmarcoranking/qrels.train.tsv}
-# DATA_DIR, OUT and TOKENIZER, when left empty, are worked out by pipeline_common.sh (they depend on
-# DATA, MODEL and the settings above).
+# DATA_DIR, OUT, RERANK_DIR, DISTIL_DIR and TOKENIZER, when left empty, are worked out by pipeline_common.sh
+# (they depend on DATA, MODEL and the settings above).
 

@@ -1,14 +1,16 @@
 # Shared by get_data.sh, run.sh, mine_hard_neg.sh and train_hn.sh (sourced after settings.sh, not run).
 #
-#   resolve_settings   checks PROFILE; works out MODEL (the packaged MiniLM), TOKENIZER, DATA_DIR and OUT
+#   resolve_settings   checks PROFILE; works out MODEL (the packaged MiniLM), TOKENIZER, DATA_DIR, OUT and
+#                      stage 3's RERANK_DIR and DISTIL_DIR
 #   run_step NAME      runs do_NAME, prints the step's name and wall time; a failing step is named with
 #                      its exit status and stops the script. Each Python stage decides itself whether its
 #                      output is up to date (it compares the provenance record kept with the output and
 #                      says so), so every step always calls its stage: one mechanism, no shell-side skips.
 #   skip_step NAME WHY prints why a step does not apply (not requested, no training data).
 #   encode_driver ARGS...  tevatron.driver.encode in one process, or NPROC processes under torchrun.
-#   encode_search_eval MODEL_DIR NAME   encodes every corpus split and the dev queries with a model,
-#                      searches each split, reduces, writes the MS MARCO run and evaluates it.
+#   encode_search_eval MODEL_DIR NAME [BASE]   encodes every corpus split and the dev queries with a model,
+#                      searches each split, reduces, writes the MS MARCO run and evaluates it (under BASE,
+#                      default OUT).
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SCRIPTS="$REPO_ROOT/msmarco-passage-ranking"
@@ -17,13 +19,17 @@ CURRENT_STEP=setup
 STEP_TIMES=()
 STEP_LOG=
 
-# The settings that change results: the default OUT's hash covers exactly these (speed and logging knobs,
-# N_SPLITS (search is exact) and ZERO_SHOT (an extra evaluation) do not change any number).
+# The settings that change the results of stages 1 and 2: the default OUT's hash covers exactly these (speed
+# and logging knobs, N_SPLITS (search is exact) and ZERO_SHOT (an extra evaluation) do not change any number).
 RESULT_SETTINGS=(DATA MODEL TOKENIZER POOLING NORMALIZE TEMPERATURE LR EPOCHS BATCH N_PASSAGES Q_MAX_LEN
                  P_MAX_LEN CORPUS_MAX_LEN N_SAMPLE SEED DEPTH FP16 TRAIN_EXTRA HN_DEPTH SKIP_TOP HN_INIT HN_LR
-                 HN_EPOCHS
-                 RERANKER_MODEL RERANKER_LR RERANKER_EPOCHS RERANKER_BATCH RERANKER_N_PASSAGES RERANK_DEPTH
-                 RERANK_P_MAX_LEN DISTIL_INIT DISTIL_TEMPERATURE DISTIL_WEIGHT DISTIL_LR DISTIL_EPOCHS)
+                 HN_EPOCHS)
+# Stage 3 nests in OUT, one folder per configuration, so its settings never move stages 1 and 2: the
+# reranker's folder RERANK_DIR=$OUT/rerank-<hash of RERANK_SETTINGS>, distillation's
+# DISTIL_DIR=$RERANK_DIR/distil-<hash of DISTIL_SETTINGS> (it learns from that reranker). RERANK_BATCH is speed only.
+RERANK_SETTINGS=(RERANKER_MODEL RERANKER_LR RERANKER_EPOCHS RERANKER_BATCH RERANKER_N_PASSAGES RERANK_DEPTH
+                 RERANK_P_MAX_LEN)
+DISTIL_SETTINGS=(DISTIL_INIT DISTIL_TEMPERATURE DISTIL_WEIGHT DISTIL_LR DISTIL_EPOCHS)
 # Result settings hashed only when set, so the OUT of a configuration that leaves them empty keeps its hash.
 # FORMAT is in neither list: text is tokenized on the fly exactly as the tokenized files are (same ids, same
 # numbers); it is in OUT's name instead, since the two formats' training data are different files.
@@ -56,10 +62,10 @@ checksum() {
     shasum -a 256; else cksum; fi
 }
 
-# 8 hex digits over RESULT_SETTINGS (files and folders by absolute path).
+# settings_hash NAME...: 8 hex digits over the named settings' values (files and folders by absolute path).
 settings_hash() {
   local name value
-  for name in "${RESULT_SETTINGS[@]}" "${RESULT_SETTINGS_IF_SET[@]}"; do
+  for name in "$@"; do
     value=${!name}
     [[ -z $value && " ${RESULT_SETTINGS_IF_SET[*]} " == *" $name "* ]] && continue
     [[ -e $value ]] && value=$(absolute_path "$value")
@@ -90,11 +96,24 @@ resolve_settings() {
   if [[ -n $OUT ]]; then
     OUT_ORIGIN="set by you"
   else
-    OUT=runs/$(basename "$DATA")-$PROFILE$([[ $FORMAT == text ]] && echo -text)-$(settings_hash)
+    OUT=runs/$(basename "$DATA")-$PROFILE$([[ $FORMAT == text ]] && echo -text)-$(settings_hash "${RESULT_SETTINGS[@]}" "${RESULT_SETTINGS_IF_SET[@]}")
     OUT_ORIGIN="runs/<data>-<profile>[-text]-<hash of the settings above>"
+  fi
+  if [[ -n $RERANK_DIR ]]; then
+    RERANK_DIR_ORIGIN="set by you"
+  else
+    RERANK_DIR=$OUT/rerank-$(settings_hash "${RERANK_SETTINGS[@]}")
+    RERANK_DIR_ORIGIN="OUT/rerank-<hash of the reranker settings>"
+  fi
+  if [[ -n $DISTIL_DIR ]]; then
+    DISTIL_DIR_ORIGIN="set by you"
+  else
+    DISTIL_DIR=$RERANK_DIR/distil-$(settings_hash "${DISTIL_SETTINGS[@]}")
+    DISTIL_DIR_ORIGIN="RERANK_DIR/distil-<hash of the distillation settings>"
   fi
 }
 
+# print_settings [stage3]: the settings and folders a script uses (stage3: the reranker's and distillation's too).
 print_settings() {
   local name line="==> settings (PROFILE=$PROFILE):"
   for name in "${RESULT_SETTINGS[@]}"; do line+=" $name=${!name}"; done
@@ -103,6 +122,12 @@ print_settings() {
   echo "==> format: $FORMAT ($INPUT_DIR)"
   echo "==> data: $DATA_DIR"
   echo "==> OUT=$OUT ($OUT_ORIGIN)"
+  [[ ${1:-} == stage3 ]] || return 0
+  line="==> stage-3 settings:"
+  for name in "${RERANK_SETTINGS[@]}" "${DISTIL_SETTINGS[@]}"; do line+=" $name=${!name}"; done
+  echo "$line"
+  echo "==> RERANK_DIR=$RERANK_DIR ($RERANK_DIR_ORIGIN)"
+  echo "==> DISTIL_DIR=$DISTIL_DIR ($DISTIL_DIR_ORIGIN)"
 }
 
 # Without a reachable hub every model or tokenizer load retries for ~40 s; decide once, up front.
@@ -294,21 +319,24 @@ search_and_reduce() {
     --save_ranking_to "$out" --depth "$depth"
 }
 
-# evaluate_run RUN NAME: MS MARCO metrics on the dev qrels, printed and saved as $OUT/metrics/NAME.json
+# evaluate_run RUN NAME [BASE]: MS MARCO metrics on the dev qrels, printed and saved as BASE/metrics/NAME.json
+# (BASE: OUT, or a stage-3 folder)
 evaluate_run() {
-  mkdir -p "$OUT/metrics"
-  "$PYTHON" "$SCRIPTS/ms_marco_eval.py" "$DATA_DIR/qrels.dev.tsv" "$1" --json "$OUT/metrics/$2.json"
+  local base=${3:-$OUT}
+  mkdir -p "$base/metrics"
+  "$PYTHON" "$SCRIPTS/ms_marco_eval.py" "$DATA_DIR/qrels.dev.tsv" "$1" --json "$base/metrics/$2.json"
 }
 
-# encode_search_eval MODEL_DIR NAME: the whole evaluation of one model on the dev queries.
+# encode_search_eval MODEL_DIR NAME [BASE]: the whole evaluation of one model on the dev queries, its
+# encodings, rankings and metrics under BASE (OUT, or a stage-3 folder).
 encode_search_eval() {
-  local model=$1 name=$2
-  encode_corpus "$model" "$OUT/encoding/$name/corpus"
-  encode_queries "$model" "$INPUT_DIR/query/dev.query.json" "$OUT/encoding/$name/dev.query.pt"
-  search_and_reduce "$OUT/encoding/$name/dev.query.pt" "$OUT/encoding/$name/corpus" \
-    "$OUT/ranking/$name/intermediate" "$DEPTH" "$OUT/ranking/$name/dev.rank.tsv"
-  "$PYTHON" "$SCRIPTS/score_to_marco.py" "$OUT/ranking/$name/dev.rank.tsv"
-  evaluate_run "$OUT/ranking/$name/dev.rank.tsv" "$name"
+  local model=$1 name=$2 base=${3:-$OUT}
+  encode_corpus "$model" "$base/encoding/$name/corpus"
+  encode_queries "$model" "$INPUT_DIR/query/dev.query.json" "$base/encoding/$name/dev.query.pt"
+  search_and_reduce "$base/encoding/$name/dev.query.pt" "$base/encoding/$name/corpus" \
+    "$base/ranking/$name/intermediate" "$DEPTH" "$base/ranking/$name/dev.rank.tsv"
+  "$PYTHON" "$SCRIPTS/score_to_marco.py" "$base/ranking/$name/dev.rank.tsv"
+  evaluate_run "$base/ranking/$name/dev.rank.tsv" "$name" "$base"
 }
 
 # ----------------------------------------------------------------------------- stage 3 (rerank.sh, distil.sh)
@@ -333,10 +361,11 @@ check_stage2_model() {
   train_model "$HN_INIT_MODEL" "$OUT/train-hn" "$OUT/model-hn" "$HN_LR" "$HN_EPOCHS"
 }
 
-# train_reranker: the cross-encoder, listwise on the stage-2 training groups (BM25 + hard negatives). Like
-# train_model, the driver skips a finished reranker trained the same way and resumes an interrupted one.
+# train_reranker: the cross-encoder ($RERANK_DIR/reranker), listwise on the stage-2 training groups (BM25 +
+# hard negatives). Like train_model, the driver skips a finished reranker trained the same way and resumes
+# an interrupted one.
 train_reranker() {
-  "$PYTHON" -m tevatron.reranker.driver.train --output_dir "$OUT/reranker" --model_name_or_path "$RERANKER_MODEL" \
+  "$PYTHON" -m tevatron.reranker.driver.train --output_dir "$RERANK_DIR/reranker" --model_name_or_path "$RERANKER_MODEL" \
     --train_dir "$OUT/train-hn" --learning_rate "$RERANKER_LR" --num_train_epochs "$RERANKER_EPOCHS" \
     --per_device_train_batch_size "$RERANKER_BATCH" --train_n_passages "$RERANKER_N_PASSAGES" \
     --q_max_len "$Q_MAX_LEN" --p_max_len "$RERANK_P_MAX_LEN" --seed "$SEED" \
@@ -344,33 +373,34 @@ train_reranker() {
 }
 
 check_reranker() {
-  [[ -f $OUT/reranker/.complete ]] || die "no finished reranker in $OUT/reranker; run rerank.sh first (same settings)"
+  [[ -f $RERANK_DIR/reranker/.complete ]] || die "no finished reranker in $RERANK_DIR/reranker; run rerank.sh first (same settings)"
   train_reranker
 }
 
 # rerank_and_eval RUN NAME: the reranker rescores the top RERANK_DEPTH of each dev query of RUN, into
-# $OUT/ranking/NAME/dev.rank.tsv (qid pid score, as the reducer writes), then evaluated as NAME.
+# $RERANK_DIR/ranking/NAME/dev.rank.tsv (qid pid score, as the reducer writes), then evaluated as NAME
+# ($RERANK_DIR/metrics/NAME.json).
 rerank_and_eval() {
-  local run=$1 name=$2
+  local run=$1 name=$2 ranking=$RERANK_DIR/ranking/$2/dev.rank.tsv
   [[ -f $run ]] || die "no ranking $run to rerank"
-  mkdir -p "$OUT/ranking/$name"
-  "$PYTHON" -m tevatron.reranker.driver.rerank --model_name_or_path "$OUT/reranker" --run "$run" \
+  mkdir -p "$(dirname "$ranking")"
+  "$PYTHON" -m tevatron.reranker.driver.rerank --model_name_or_path "$RERANK_DIR/reranker" --run "$run" \
     --queries "$DATA_DIR/bert/query/dev.query.json" --corpus "$DATA_DIR/bert/corpus/split*.json" \
     --q_max_len "$Q_MAX_LEN" --p_max_len "$RERANK_P_MAX_LEN" --rerank_depth "$RERANK_DEPTH" \
-    --rerank_output "$OUT/ranking/$name/dev.rank.tsv" --per_device_eval_batch_size "$RERANK_BATCH" $PRECISION
-  "$PYTHON" "$SCRIPTS/score_to_marco.py" "$OUT/ranking/$name/dev.rank.tsv"
-  evaluate_run "$OUT/ranking/$name/dev.rank.tsv" "$name"
+    --rerank_output "$ranking" --per_device_eval_batch_size "$RERANK_BATCH" $PRECISION
+  "$PYTHON" "$SCRIPTS/score_to_marco.py" "$ranking"
+  evaluate_run "$ranking" "$name" "$RERANK_DIR"
 }
 
 # score_groups: the reranker's score for every passage of the stage-2 training groups, written beside
-# them (positive_scores/negative_scores) into $OUT/train-distil, distillation's training folder.
+# them (positive_scores/negative_scores) into $DISTIL_DIR/train-distil, distillation's training folder.
 score_groups() {
-  "$PYTHON" -m tevatron.reranker.driver.score_groups --model_name_or_path "$OUT/reranker" \
-    --train_dir "$OUT/train-hn" --output_dir "$OUT/train-distil" --q_max_len "$Q_MAX_LEN" \
+  "$PYTHON" -m tevatron.reranker.driver.score_groups --model_name_or_path "$RERANK_DIR/reranker" \
+    --train_dir "$OUT/train-hn" --output_dir "$DISTIL_DIR/train-distil" --q_max_len "$Q_MAX_LEN" \
     --p_max_len "$RERANK_P_MAX_LEN" --per_device_eval_batch_size "$RERANK_BATCH" $PRECISION
 }
 
 train_distilled() {
-  train_model "$DISTIL_INIT_MODEL" "$OUT/train-distil" "$OUT/model-distil" "$DISTIL_LR" "$DISTIL_EPOCHS" \
+  train_model "$DISTIL_INIT_MODEL" "$DISTIL_DIR/train-distil" "$DISTIL_DIR/model-distil" "$DISTIL_LR" "$DISTIL_EPOCHS" \
     --distillation --distil_temperature "$DISTIL_TEMPERATURE" --distil_weight "$DISTIL_WEIGHT"
 }

@@ -84,6 +84,13 @@ def reranker_available() -> bool:
         return False
 
 
+def printed_folder(name: str, log: str, cwd: Path) -> Path:
+    """A folder a script prints at the start (``==> RERANK_DIR=...``)."""
+    match = re.search(rf"^==> {name}=(\S+)", log, re.M)
+    assert match, log[:3000]
+    return cwd / match.group(1)
+
+
 @pytest.fixture(scope="module", params=["stand-in reranker", "real reranker"])
 def stage3_flow(request, tmp_path_factory):
     if request.param == "real reranker" and not reranker_available():
@@ -113,33 +120,47 @@ def stage3_flow(request, tmp_path_factory):
     logs["distil.sh (again)"] = check_ok(run_script("distil.sh", env, work), "distil.sh again")
     calls = root / "bin" / "calls.jsonl"
     return {"kind": request.param, "work": work, "out": out, "logs": logs, "env": env,
+            "rerank_dir": printed_folder("RERANK_DIR", logs["rerank.sh"], work),
+            "distil_dir": printed_folder("DISTIL_DIR", logs["distil.sh"], work),
             "calls": [json.loads(line) for line in calls.read_text().splitlines()] if calls.is_file() else None}
 
 
 @pytest.mark.slow  # runs the pipeline scripts
 def test_stage3_steps_run_in_order_with_their_times(stage3_flow):
     logs, out = stage3_flow["logs"], stage3_flow["out"]
+    rerank_dir, distil_dir = stage3_flow["rerank_dir"], stage3_flow["distil_dir"]
     assert re.findall(r"^==> (\w+) \d+\.\d+s$", logs["rerank.sh"], re.M) == [
         "check_stage2", "train_reranker", "rerank_bm25", "rerank_stage2"]
     assert re.findall(r"^==> (\w+) \d+\.\d+s$", logs["distil.sh"], re.M) == [
         "check_stage2", "check_reranker", "score_groups", "train_distil", "distil_eval"]
+    # stage 3 nests in the run folder of stages 1 and 2, the distillation folder in the reranker's
+    assert rerank_dir.parent == out and re.fullmatch(r"rerank-[0-9a-f]{8}", rerank_dir.name)
+    assert distil_dir.parent == rerank_dir and re.fullmatch(r"distil-[0-9a-f]{8}", distil_dir.name)
     for script in ("rerank.sh", "distil.sh"):
         assert f"==> OUT=runs/{out.name} " in logs[script]
         assert "RERANK_DEPTH=5" in logs[script] and "DISTIL_WEIGHT=0.5" in logs[script]
-    logged = (out / "step_times.log").read_text()
-    for step in ("rerank.sh train_reranker", "rerank.sh rerank_stage2", "distil.sh train_distil"):
-        assert step in logged
-    for name in ("rerank_bm25", "rerank_stage2", "distil"):
-        metrics = json.loads((out / "metrics" / f"{name}.json").read_text())
+        assert f"==> RERANK_DIR=runs/{out.name}/{rerank_dir.name} " in logs[script]
+        assert f"==> DISTIL_DIR=runs/{out.name}/{rerank_dir.name}/{distil_dir.name} " in logs[script]
+    assert "RERANK_DEPTH" not in logs["run.sh"] and "RERANK_DIR" not in logs["run.sh"]
+    rerank_steps, distil_steps = (rerank_dir / "step_times.log").read_text(), (distil_dir / "step_times.log").read_text()
+    assert "rerank.sh train_reranker" in rerank_steps and "rerank.sh rerank_stage2" in rerank_steps
+    assert "distil.sh train_distil" in distil_steps and "rerank.sh" not in distil_steps
+    assert "rerank.sh" not in (out / "step_times.log").read_text()
+    for folder, name in ((rerank_dir, "rerank_bm25"), (rerank_dir, "rerank_stage2"), (distil_dir, "distil")):
+        metrics = json.loads((folder / "metrics" / f"{name}.json").read_text())
         assert 0 <= metrics["MRR@10"] <= 1
+        assert not (out / "metrics" / f"{name}.json").exists()
+    assert (rerank_dir / "ranking" / "rerank_stage2" / "dev.rank.tsv").is_file()
+    assert (distil_dir / "ranking" / "distil" / "dev.rank.tsv").is_file()
+    assert not (out / "reranker").exists() and not (out / "model-distil").exists()
 
 
 @pytest.mark.slow  # runs the pipeline scripts
 def test_distil_before_rerank_stops_naming_the_missing_reranker(stage3_flow):
-    early, out = stage3_flow["logs"]["distil.sh (too early)"], stage3_flow["out"]
+    early, rerank_dir = stage3_flow["logs"]["distil.sh (too early)"], stage3_flow["rerank_dir"]
     assert early.returncode == 2
     errors = [line for line in early.stdout.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: no finished reranker in {out.relative_to(stage3_flow['work'])}/reranker; "
+    assert errors == [f"error: no finished reranker in {rerank_dir.relative_to(stage3_flow['work'])}/reranker; "
                       "run rerank.sh first (same settings)"]
     assert "==> check_reranker" in early.stdout
     assert "==> score_groups" not in early.stdout
@@ -147,14 +168,15 @@ def test_distil_before_rerank_stops_naming_the_missing_reranker(stage3_flow):
 
 @pytest.mark.slow  # runs the pipeline scripts
 def test_the_distilled_model_learnt_from_the_scored_groups(stage3_flow):
-    out = stage3_flow["out"]
-    record = json.loads((out / "model-distil" / ".complete").read_text())["provenance"]
+    out, distil_dir = stage3_flow["out"], stage3_flow["distil_dir"]
+    record = json.loads((distil_dir / "model-distil" / ".complete").read_text())["provenance"]
     assert (record["distillation"], record["distil_temperature"], record["distil_weight"]) == (True, 2.0, 0.5)
     trained_on = sorted(Path(f["path"]).name for f in record["training data"]["files"])
     assert trained_on == sorted(p.name for p in (out / "train-hn").glob("split*.json"))
-    assert all(Path(f["path"]).parent == (out / "train-distil").resolve() for f in record["training data"]["files"])
+    assert all(Path(f["path"]).parent == (distil_dir / "train-distil").resolve()
+               for f in record["training data"]["files"])
     assert record["model"] == model_identity(out / "model"), "starts from the stage-1 model (DISTIL_INIT=stage1)"
-    scored = [json.loads(line) for path in sorted((out / "train-distil").glob("split*.json"))
+    scored = [json.loads(line) for path in sorted((distil_dir / "train-distil").glob("split*.json"))
               for line in path.read_text().splitlines()]
     assert scored and all(len(g["negative_scores"]) == len(g["negatives"]) for g in scored)
 
@@ -172,22 +194,28 @@ def test_the_scripts_pass_the_stage3_settings(stage3_flow):
     if stage3_flow["calls"] is None:
         pytest.skip("the real reranker records no calls")
     out = str(stage3_flow["out"].relative_to(stage3_flow["work"]))
+    rerank_dir = str(stage3_flow["rerank_dir"].relative_to(stage3_flow["work"]))
+    distil_dir = str(stage3_flow["distil_dir"].relative_to(stage3_flow["work"]))
     calls = {call[0]: call[1:] for call in stage3_flow["calls"]}
 
     def flag(args, name):
         return args[args.index(name) + 1]
 
     assert flag(calls["train"], "--train_dir") == f"{out}/train-hn"
+    assert flag(calls["train"], "--output_dir") == f"{rerank_dir}/reranker"
     assert flag(calls["train"], "--p_max_len") == "40" and flag(calls["train"], "--num_train_epochs") == "1"
     reranked = [call[1:] for call in stage3_flow["calls"] if call[0] == "rerank"]
     assert {flag(c, "--run") for c in reranked} == {"marco/bm25.dev.rank.tsv", f"{out}/ranking/stage2/dev.rank.tsv"}
-    assert all(flag(c, "--rerank_depth") == "5" and flag(c, "--model_name_or_path") == f"{out}/reranker"
+    assert all(flag(c, "--rerank_depth") == "5" and flag(c, "--model_name_or_path") == f"{rerank_dir}/reranker"
                for c in reranked)
-    assert flag(calls["score_groups"], "--output_dir") == f"{out}/train-distil"
+    assert {flag(c, "--rerank_output") for c in reranked} == {
+        f"{rerank_dir}/ranking/rerank_bm25/dev.rank.tsv", f"{rerank_dir}/ranking/rerank_stage2/dev.rank.tsv"}
+    assert flag(calls["score_groups"], "--model_name_or_path") == f"{rerank_dir}/reranker"
+    assert flag(calls["score_groups"], "--output_dir") == f"{distil_dir}/train-distil"
 
 
 # --------------------------------------------------------------------------- settings, regression file
-def test_stage3_settings_have_profile_defaults_and_name_the_output_folder(tmp_path):
+def test_stage3_settings_have_profile_defaults(tmp_path):
     names = ("RERANKER_MODEL", "RERANKER_LR", "RERANKER_EPOCHS", "RERANK_DEPTH", "RERANK_P_MAX_LEN", "DISTIL_INIT",
              "DISTIL_TEMPERATURE", "DISTIL_WEIGHT", "DISTIL_LR", "DISTIL_EPOCHS")
     assert shell_settings(names, {}) == {
@@ -198,12 +226,53 @@ def test_stage3_settings_have_profile_defaults_and_name_the_output_folder(tmp_pa
         "RERANKER_MODEL": "all-MiniLM-L6-v2", "RERANKER_LR": "3e-5", "RERANKER_EPOCHS": "2", "RERANK_DEPTH": "100",
         "RERANK_P_MAX_LEN": "224", "DISTIL_INIT": "stage1", "DISTIL_TEMPERATURE": "1", "DISTIL_WEIGHT": "0.2",
         "DISTIL_LR": "2e-5", "DISTIL_EPOCHS": "2"}
+
+
+FOLDERS = ("OUT", "RERANK_DIR", "DISTIL_DIR")
+
+
+def test_stage3_settings_name_nested_folders_and_never_move_stages_1_and_2(tmp_path):
     marco = make_rocketqa(tmp_path / "mymarco", n_passages=20, n_train=2, n_dev=2)
-    base = shell_settings(("OUT",), {"DATA": str(marco)}, resolve=True, cwd=tmp_path)["OUT"]
-    for name, value in (("RERANKER_LR", "1e-5"), ("DISTIL_WEIGHT", "0.5"), ("RERANK_DEPTH", "50"),
-                        ("DISTIL_INIT", "stage2")):
-        assert shell_settings(("OUT",), {"DATA": str(marco), name: value}, resolve=True, cwd=tmp_path)["OUT"] != base
-    assert shell_settings(("OUT",), {"DATA": str(marco), "RERANK_BATCH": "8"}, resolve=True, cwd=tmp_path)["OUT"] == base
+
+    def folders(**changed):
+        return shell_settings(FOLDERS, {"DATA": str(marco), **changed}, resolve=True, cwd=tmp_path)
+
+    base = folders()
+    assert re.fullmatch(r"runs/mymarco-marco-[0-9a-f]{8}", base["OUT"])
+    assert re.fullmatch(re.escape(base["OUT"]) + r"/rerank-[0-9a-f]{8}", base["RERANK_DIR"])
+    assert re.fullmatch(re.escape(base["RERANK_DIR"]) + r"/distil-[0-9a-f]{8}", base["DISTIL_DIR"])
+    # a reranker setting: a new reranker folder (and so new distillation folders), stages 1 and 2 stay
+    for name, value in (("RERANKER_LR", "1e-5"), ("RERANKER_MODEL", str(marco)), ("RERANKER_EPOCHS", "3"),
+                        ("RERANKER_BATCH", "4"), ("RERANKER_N_PASSAGES", "4"), ("RERANK_DEPTH", "50"),
+                        ("RERANK_P_MAX_LEN", "64")):
+        moved = folders(**{name: value})
+        assert moved["OUT"] == base["OUT"], name
+        assert moved["RERANK_DIR"] != base["RERANK_DIR"], name
+        assert moved["DISTIL_DIR"].startswith(moved["RERANK_DIR"] + "/distil-"), name
+    # a distillation setting: only the distillation folder
+    for name, value in (("DISTIL_LR", "1e-5"), ("DISTIL_WEIGHT", "0.5"), ("DISTIL_INIT", "stage2"),
+                        ("DISTIL_TEMPERATURE", "2"), ("DISTIL_EPOCHS", "5")):
+        moved = folders(**{name: value})
+        assert (moved["OUT"], moved["RERANK_DIR"]) == (base["OUT"], base["RERANK_DIR"]), name
+        assert moved["DISTIL_DIR"] != base["DISTIL_DIR"], name
+    # speed only: nothing moves; a stage-1 setting moves everything
+    assert folders(RERANK_BATCH="8") == base
+    assert all(folders(LR="1e-5")[name] != base[name] for name in FOLDERS)
+    # folders given are used as given; distillation nests in a given reranker folder
+    given = folders(RERANK_DIR="my-reranker")
+    assert given["OUT"] == base["OUT"] and given["RERANK_DIR"] == "my-reranker"
+    assert given["DISTIL_DIR"] == "my-reranker/" + Path(base["DISTIL_DIR"]).name
+    assert folders(DISTIL_DIR="my-distil") == {**base, "DISTIL_DIR": "my-distil"}
+
+
+def test_stage1_and_2_folder_hash_covers_only_their_settings():
+    """The default OUT of a run made before stage 3 existed keeps its name (the same settings, the same hash)."""
+    text = (REPO_ROOT / "msmarco-passage-ranking" / "pipeline_common.sh").read_text()
+    listed = re.search(r"^RESULT_SETTINGS=\(([^)]*)\)", text, re.M).group(1).split()
+    assert listed[:23] == ["DATA", "MODEL", "TOKENIZER", "POOLING", "NORMALIZE", "TEMPERATURE", "LR", "EPOCHS",
+                           "BATCH", "N_PASSAGES", "Q_MAX_LEN", "P_MAX_LEN", "CORPUS_MAX_LEN", "N_SAMPLE", "SEED",
+                           "DEPTH", "FP16", "TRAIN_EXTRA", "HN_DEPTH", "SKIP_TOP", "HN_INIT", "HN_LR", "HN_EPOCHS"]
+    assert not [name for name in listed if name.startswith(("RERANK", "DISTIL"))]
 
 
 def test_regression_runs_stage3_scripts_for_stage3_rows_and_fails_unpinned_ones(tmp_path, capsys):
@@ -216,7 +285,36 @@ def test_regression_runs_stage3_scripts_for_stage3_rows_and_fails_unpinned_ones(
     assert check_regression.pipeline_scripts({"distil": {}, "rerank_bm25": {}}) == [
         ["run.sh", "--all"], ["rerank.sh"], ["distil.sh"]]
     (tmp_path / "distil.json").write_text(json.dumps({"MRR@10": 0.7}))
-    failures = check_regression.compare({"distil": {"MRR@10": None}}, tmp_path, 0.01)
+    failures = check_regression.compare({"distil": {"MRR@10": None}}, {"distil": tmp_path / "distil.json"}, 0.01)
     assert failures == ["distil MRR@10: not pinned yet (null in the regression file)"]
     spec = json.loads((REPO_ROOT / "msmarco-passage-ranking" / "regressions" / "scifact-quick-stage3.json").read_text())
     assert {"rerank_bm25", "rerank_stage2", "distil"} <= set(spec["expected"])
+
+
+def test_regression_reads_stage3_rows_from_the_folders_the_scripts_work_out(tmp_path, capsys):
+    sys.path.insert(0, str(REPO_ROOT / "msmarco-passage-ranking"))
+    try:
+        import check_regression
+        import results_table
+    finally:
+        sys.path.pop(0)
+    marco = make_rocketqa(tmp_path / "mymarco", n_passages=20, n_train=2, n_dev=2)
+    out = tmp_path / "regression-run"
+    settings = {"DATA": str(marco), "RERANKER_LR": "1e-5", "DISTIL_LR": "3e-6"}
+    shell = shell_settings(("RERANK_DIR", "DISTIL_DIR"), {**settings, "OUT": str(out)}, resolve=True)
+    rerank_dir, distil_dir = check_regression.stage3_folders(pipeline_env(**settings, OUT=str(out)))
+    assert (rerank_dir, distil_dir) == (Path(shell["RERANK_DIR"]), Path(shell["DISTIL_DIR"]))
+    assert rerank_dir.parent == out and distil_dir.parent == rerank_dir
+    files = results_table.metrics_files(out, rerank_dir, distil_dir)
+    assert files["stage2"] == out / "metrics" / "stage2.json"
+    assert files["rerank_bm25"] == rerank_dir / "metrics" / "rerank_bm25.json"
+    assert files["distil"] == distil_dir / "metrics" / "distil.json"
+    # without the stage-3 folders, their rows are left out rather than read from somewhere else
+    assert set(results_table.metrics_files(out)) == {"bm25", "zero_shot", "stage1", "stage2"}
+    for path, mrr in ((files["stage2"], 0.5), (files["rerank_bm25"], 0.6), (files["distil"], 0.7)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"MRR@10": mrr}))
+    (out / "metrics" / "distil.json").write_text(json.dumps({"MRR@10": 0.1}))  # a stray file in the wrong place
+    pinned = {"stage2": {"MRR@10": 0.5}, "rerank_bm25": {"MRR@10": 0.6}, "distil": {"MRR@10": 0.7}}
+    assert check_regression.compare(pinned, files, 0.01) == []
+    assert results_table.load_rows(files)["distil"] == {"MRR@10": 0.7}
