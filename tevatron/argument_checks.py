@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping
 
@@ -88,6 +90,15 @@ def parse_dataclasses(parser, argv=None, json_file: str | None = None):
         return parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:
         raise CommandError(" ".join(str(err).split())) from None
+
+
+def parse_command_line(parser, argv=None):
+    """The dataclasses of a training driver from ``argv`` (default ``sys.argv[1:]``), or from the one JSON
+    file given instead of flags, as Hugging Face's example scripts accept."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parse_dataclasses(parser, json_file=os.path.abspath(argv[0]))
+    return parse_dataclasses(parser, argv)
 
 
 def int_arg(bound: Bound) -> Callable[[str], int]:

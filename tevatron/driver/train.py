@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import sys
 
 from transformers import HfArgumentParser, set_seed
 
-from tevatron.argument_checks import parse_dataclasses
+from tevatron.argument_checks import parse_command_line
 from tevatron.arguments import DataArguments, ModelArguments, TevatronTrainingArguments, resolve_mixed_precision
 from tevatron.data import SequencePadder, TrainCollator, TrainDataset, load_train_groups, training_data_format
 from tevatron.preprocess.tokenize import TEXT
@@ -27,11 +26,7 @@ logger = logging.getLogger("tevatron.driver.train")
 
 
 def parse_args(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, TevatronTrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parse_dataclasses(parser, json_file=os.path.abspath(argv[0]))
-    return parse_dataclasses(parser, argv)
+    return parse_command_line(HfArgumentParser((ModelArguments, DataArguments, TevatronTrainingArguments)), argv)
 
 
 def _hidden_size(model_args) -> int:

@@ -13,6 +13,7 @@ from tevatron.cli import CommandError
 from tevatron.data import length_sorted_batches
 
 from .data import PairBuilder
+from .modeling import check_reranker_folder, load_cross_encoder, position_limit
 
 
 def score_pairs(model, builder: PairBuilder, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int,
@@ -55,3 +56,17 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
 
 def autocast_dtype_for(precision: str):
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+
+def load_scorer(model_args, q_max_len: int, p_max_len: int, run_args):
+    """A trained reranker for scoring (rerank, score_groups): the model (its head required), the pair builder
+    for these lengths and the precision ``run_args`` resolve to on this device."""
+    from tevatron.arguments import resolve_mixed_precision
+    from tevatron.tokenization import load_tokenizer
+    check_reranker_folder(model_args.model_name_or_path)
+    model = load_cross_encoder(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+                               trust_remote_code=model_args.trust_remote_code, require_head=True)
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
+                               cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
+    builder = PairBuilder(tokenizer, q_max_len, p_max_len, position_limit(model))
+    return model, builder, resolve_mixed_precision(run_args, model.config.hidden_size)

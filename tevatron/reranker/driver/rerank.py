@@ -21,7 +21,6 @@ import torch
 from transformers import HfArgumentParser
 
 from tevatron.argument_checks import parse_dataclasses
-from tevatron.arguments import resolve_mixed_precision
 from tevatron.cli import CommandError, command
 from tevatron.cpu_kernels import use_onednn_linear
 from tevatron.data import read_encode_records, shard_range
@@ -29,12 +28,10 @@ from tevatron.faiss_retriever.topk import order_by_score_then_position
 from tevatron.files import InputError, check_output_file
 from tevatron.provenance import file_identity, model_identity, read_file_record, up_to_date, write_file_record
 from tevatron.text_formats import iter_lines, read_run_with_format, write_ranking
-from tevatron.tokenization import load_tokenizer
 
 from ..arguments import RerankArguments, RerankerModelArguments, ScoringArguments
 from ..data import PairBuilder
-from ..modeling import check_reranker_folder, load_cross_encoder, position_limit
-from ..scoring import autocast_dtype_for, expand_inputs, score_pairs
+from ..scoring import autocast_dtype_for, load_scorer, expand_inputs, score_pairs
 
 logger = logging.getLogger("tevatron.reranker.driver.rerank")
 
@@ -95,14 +92,8 @@ def main(argv=None) -> int:
     if missing:
         raise CommandError(f"give {', '.join(missing)}")
     check_output_file(args.rerank_output)
-    check_reranker_folder(model_args.model_name_or_path)
     inputs = {"queries": expand_inputs(args.queries), "corpus": expand_inputs(args.corpus)}
-    model = load_cross_encoder(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
-                               trust_remote_code=model_args.trust_remote_code, require_head=True)
-    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
-                               cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
-    builder = PairBuilder(tokenizer, args.q_max_len, args.p_max_len, position_limit(model))
-    precision = resolve_mixed_precision(run_args, model.config.hidden_size)
+    model, builder, precision = load_scorer(model_args, args.q_max_len, args.p_max_len, run_args)
     wanted = rerank_provenance(model_args, args, inputs, builder.max_len, precision)
     if up_to_date(args.rerank_output, wanted, read_file_record, args.overwrite, redo="reranking"):
         return 0

@@ -16,18 +16,15 @@ from transformers import HfArgumentParser
 
 from tevatron import provenance
 from tevatron.argument_checks import parse_dataclasses
-from tevatron.arguments import resolve_mixed_precision
 from tevatron.cli import CommandError, command
 from tevatron.cpu_kernels import use_onednn_linear
 from tevatron.data import list_data_files, validate_train_record
 from tevatron.files import check_output_dir
 from tevatron.text_formats import iter_jsonl, write_jsonl
-from tevatron.tokenization import load_tokenizer
 
 from ..arguments import RerankerModelArguments, ScoreGroupsArguments, ScoringArguments
 from ..data import PairBuilder
-from ..modeling import check_reranker_folder, load_cross_encoder, position_limit
-from ..scoring import autocast_dtype_for, score_pairs
+from ..scoring import autocast_dtype_for, load_scorer, score_pairs
 
 logger = logging.getLogger("tevatron.reranker.driver.score_groups")
 
@@ -63,13 +60,7 @@ def main(argv=None) -> int:
     files = list_data_files(args.train_dir)
     if any(output_dir.resolve() == f.parent.resolve() for f in files):
         raise CommandError(f"--output_dir {output_dir} is the folder of the training files; give another one")
-    check_reranker_folder(model_args.model_name_or_path)
-    model = load_cross_encoder(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
-                               trust_remote_code=model_args.trust_remote_code, require_head=True)
-    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
-                               cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
-    builder = PairBuilder(tokenizer, args.q_max_len, args.p_max_len, position_limit(model))
-    precision = resolve_mixed_precision(run_args, model.config.hidden_size)
+    model, builder, precision = load_scorer(model_args, args.q_max_len, args.p_max_len, run_args)
     wanted = {"model": provenance.model_identity(model_args.model_name_or_path),
               "tokenizer": (provenance.model_identity(model_args.tokenizer_name) if model_args.tokenizer_name
                             else "the model's"),

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import sys
 
 from transformers import HfArgumentParser, set_seed
 
-from tevatron.argument_checks import parse_dataclasses
+from tevatron.argument_checks import parse_command_line
 from tevatron.arguments import resolve_mixed_precision
 from tevatron.cli import command
 from tevatron.cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
@@ -32,11 +31,7 @@ logger = logging.getLogger("tevatron.reranker.driver.train")
 
 
 def parse_args(argv=None):
-    parser = HfArgumentParser((RerankerModelArguments, RerankerDataArguments, RerankerTrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parse_dataclasses(parser, json_file=os.path.abspath(argv[0]))
-    return parse_dataclasses(parser, argv)
+    return parse_command_line(HfArgumentParser((RerankerModelArguments, RerankerDataArguments, RerankerTrainingArguments)), argv)
 
 
 @command
