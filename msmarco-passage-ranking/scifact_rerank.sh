@@ -5,8 +5,8 @@
 # Reads (never writes) $RUNS and $MARCO; every output goes under $OUT.  Each step skips when up to date.
 set -euo pipefail
 SEED=${SEED:-42}
-RUNS=${RUNS:-/work/main/runs/regression-scifact-quick}
-MARCO=${MARCO:-/work/main/marco/scifact}
+RUNS=${RUNS:-runs/regression-scifact-quick}   # a finished run.sh --all (quick profile)
+MARCO=${MARCO:-marco/scifact}
 OUT=${OUT:-runs/scifact-rerank/seed$SEED}
 LENGTHS="--q_max_len 32 --p_max_len 192"
 MINILM=$(python -c "from tevatron.tokenization import packaged_minilm_dir; print(packaged_minilm_dir())")

@@ -116,11 +116,12 @@ def tokenize_queries(tokenizer_name: str, query_file, save_to, q_max_len: int = 
     if up_to_date(save_to, provenance, read_file_record, overwrite, redo="re-tokenizing"):
         return 0
     queries = read_queries(query_file)
+    # the tokenizer loads (and may refuse) before the progress bar draws, so an error stays one line
+    tokenizer = load_tokenizer(tokenizer_name) if data_format != TEXT else None
     records = tqdm(queries.items(), total=len(queries), desc=f"tokenize {Path(query_file).name}", mininterval=5)
     if data_format == TEXT:
         write_jsonl(save_to, ({"query_id": qid, "query": text} for qid, text in records))
     else:
-        tokenizer = load_tokenizer(tokenizer_name)
         prefixed = ((qid, query_text(text, prefix)) for qid, text in records)
         write_jsonl(save_to, iter_tokenized(tokenizer, prefixed, q_max_len, batch_size))
     write_file_record(save_to, provenance)
