@@ -184,3 +184,27 @@ def build_lora_model(path, negatives_x_device: bool = False):
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
     return model
+
+
+def stopped_training_script(driver_module: str) -> str:
+    """A ``python -c`` script running ``driver_module``'s ``main`` that ends the process right after the
+    checkpoint of step ``$STOP_AT`` is saved, as a run killed then would (a finished run removes its
+    checkpoints, so this is how a test keeps one)."""
+    return f"""
+import os, sys
+from transformers import TrainerCallback
+import tevatron.trainer
+from {driver_module} import main
+
+class StopAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == int(os.environ["STOP_AT"]):
+            os._exit(3)
+
+init = tevatron.trainer.TevatronTrainer.__init__
+def stopping_init(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    self.add_callback(StopAfterSave())
+tevatron.trainer.TevatronTrainer.__init__ = stopping_init
+sys.exit(main(sys.argv[1:]))
+"""

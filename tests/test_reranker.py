@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import error_lines, make_tiny_reranker, run_module, toy_corpus, toy_groups, write_jsonl
+from helpers import (error_lines, make_tiny_reranker, run_module, stopped_training_script, toy_corpus, toy_groups,
+                     write_jsonl)
 
 
 @pytest.fixture(scope="module")
@@ -241,24 +242,7 @@ def test_train_learns_and_records_its_provenance(tiny_bert_dir, tmp_path):
     assert model_identity(tmp_path / "model") != first  # downstream reranked runs see the new model
 
 
-STOPPED_TRAINING = """
-import os, sys
-from transformers import TrainerCallback
-import tevatron.trainer
-from tevatron.reranker.driver.train import main
-
-class StopAfterSave(TrainerCallback):
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == int(os.environ["STOP_AT"]):
-            os._exit(3)
-
-init = tevatron.trainer.TevatronTrainer.__init__
-def stopping_init(self, *args, **kwargs):
-    init(self, *args, **kwargs)
-    self.add_callback(StopAfterSave())
-tevatron.trainer.TevatronTrainer.__init__ = stopping_init
-sys.exit(main(sys.argv[1:]))
-"""
+STOPPED_TRAINING = stopped_training_script("tevatron.reranker.driver.train")
 
 
 @pytest.mark.slow

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from helpers import (build_model, error_lines, loss_and_grads, make_batch, make_tiny_bert, run_module, toy_groups,
-                     write_jsonl)
+from helpers import (build_model, error_lines, loss_and_grads, make_batch, make_tiny_bert, run_module,
+                     stopped_training_script, toy_groups, write_jsonl)
 from tevatron.arguments import DataArguments, ModelArguments
 from tevatron.data import load_train_groups, sample_group
 from tevatron.gradcache import grad_cache_step
@@ -254,26 +254,7 @@ def test_fp16_on_cpu_falls_back_with_a_message(tmp_path, tiny_bert_dir):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
-# Runs the training driver, ending the process right after the checkpoint of step STOP_AT is saved
-# (as a run killed then would); the finished run removes its checkpoints, so this is how a test keeps one.
-STOPPED_TRAINING = """
-import os, sys
-from transformers import TrainerCallback
-import tevatron.trainer
-from tevatron.driver.train import main
-
-class StopAfterSave(TrainerCallback):
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == int(os.environ["STOP_AT"]):
-            os._exit(3)
-
-init = tevatron.trainer.TevatronTrainer.__init__
-def stopping_init(self, *args, **kwargs):
-    init(self, *args, **kwargs)
-    self.add_callback(StopAfterSave())
-tevatron.trainer.TevatronTrainer.__init__ = stopping_init
-sys.exit(main(sys.argv[1:]))
-"""
+STOPPED_TRAINING = stopped_training_script("tevatron.driver.train")
 
 
 def _train_until_checkpoint(tmp_path, model_dir, out, step: int, *extra):
