@@ -30,8 +30,8 @@ main() {
   require_model "$RERANKER_MODEL"
   run_step check_stage2        # its training groups train the reranker, its ranking is reranked
   run_step train_reranker
+  run_step rerank_stage2       # the headline row first
   run_step rerank_bm25
-  run_step rerank_stage2
   print_step_times
 }
 

@@ -130,7 +130,7 @@ def test_stage3_steps_run_in_order_with_their_times(stage3_flow):
     logs, out = stage3_flow["logs"], stage3_flow["out"]
     rerank_dir, distil_dir = stage3_flow["rerank_dir"], stage3_flow["distil_dir"]
     assert re.findall(r"^==> (\w+) \d+\.\d+s$", logs["rerank.sh"], re.M) == [
-        "check_stage2", "train_reranker", "rerank_bm25", "rerank_stage2"]
+        "check_stage2", "train_reranker", "rerank_stage2", "rerank_bm25"]
     assert re.findall(r"^==> (\w+) \d+\.\d+s$", logs["distil.sh"], re.M) == [
         "check_stage2", "check_reranker", "score_groups", "train_distil", "distil_eval"]
     # stage 3 nests in the run folder of stages 1 and 2, the distillation folder in the reranker's
