@@ -32,14 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import measure_matmul_peak, minilm_dir, non_embedding_parameters  # noqa: E402
 
-SCIFACT = Path("/work/main/marco/scifact")
+PREPARED = Path(__file__).resolve().parents[1] / "marco" / "scifact"  # what get_data.sh prepares (quick profile)
 
 
 def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default=str(SCIFACT / "bm25.dev.rank.tsv"))
-    parser.add_argument("--queries", default=str(SCIFACT / "bert" / "query" / "dev.query.json"))
-    parser.add_argument("--corpus", default=str(SCIFACT / "bert" / "corpus"))
+    parser.add_argument("--run", default=str(PREPARED / "bm25.dev.rank.tsv"))
+    parser.add_argument("--queries", default=str(PREPARED / "bert" / "query" / "dev.query.json"))
+    parser.add_argument("--corpus", default=str(PREPARED / "bert" / "corpus"))
     parser.add_argument("--n_pairs", type=int, default=1024)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--q_max_len", type=int, default=32)
