@@ -143,6 +143,42 @@ def test_lora_trains_only_the_adapter_and_reloads_merged_or_not(lora_base_dir, t
     assert torch.allclose(encode(DenseModel.load(tmp_path / "merged"), batch["passage"]), trained, atol=1e-5)
 
 
+def saved_tensor_bytes(model, batch):
+    """Bytes the forward pass saves for the backward pass outside checkpointed layers (a checkpointed layer
+    saves through its own hooks, inside these), and the loss."""
+    saved = {}
+
+    def pack(tensor):
+        saved[tensor.untyped_storage()._cdata] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**batch)["loss"]
+    return sum(saved.values()), loss
+
+
+def test_lora_gradient_checkpointing_as_the_trainer_enables_it(tiny_decoder_dir):
+    """--gradient_checkpointing with --lora: the call transformers 5's Trainer makes reaches the base model under
+    peft, the forward pass keeps a fraction of the activations, and the adapter gets the same gradients."""
+    tokenizer = load_tokenizer(str(tiny_decoder_dir))
+    batch = make_batch(tokenizer, toy_groups(4))
+    grads, kept = {}, {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_model(tiny_decoder_dir, lora=True, lora_r=4, lora_dropout=0.0)
+        model.train()
+        if checkpointing:  # exactly what Trainer passes for --gradient_checkpointing
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=None, every_n_layers=1, offload=False)
+        model.zero_grad()
+        kept[checkpointing], loss = saved_tensor_bytes(model, batch)
+        loss.backward()
+        grads[checkpointing] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert kept[True] < 0.5 * kept[False]
+    assert grads[True].keys() == grads[False].keys()
+    assert all(torch.allclose(grads[True][n], grads[False][n], atol=1e-6) for n in grads[False])
+    assert any(g.abs().sum() > 0 for g in grads[True].values())
+
+
 def test_lora_adapter_saves_a_new_identity_each_time(tiny_bert_dir, tmp_path):
     from tevatron.provenance import model_identity
 

@@ -388,9 +388,18 @@ class DenseModel(nn.Module):
             output["loss"] = self.compute_loss(q_reps, p_reps, teacher_scores)
         return output
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                        offload: bool = False):
+        """``--gradient_checkpointing``: each encoder recomputes its layers in the backward pass (a LoRA
+        encoder's base model, through peft).  Takes what the HF Trainer passes (transformers 5 adds
+        ``every_n_layers`` and ``offload``); kwargs None is transformers' default, non-reentrant, which needs no
+        input that requires grad (a LoRA model's frozen embeddings give none)."""
         for encoder in self.encoders():
-            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                                    every_n_layers=every_n_layers, offload=offload)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     # ------------------------------------------------------------------ build / load / save
     @classmethod
