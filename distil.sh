@@ -25,7 +25,7 @@ main() {
   STEP_LOG=$DISTIL_DIR/step_times.log
   print_settings stage3
   require_prepared_data
-  [[ $FORMAT == tokenized ]] || die "stage 3 (reranker, teacher scores) reads the tokenized data; it does not run with FORMAT=$FORMAT yet"
+  require_stage3_inputs
   if ! has_train_data; then nothing_to_train; return 0; fi
   if [[ $DISTIL_INIT == initial ]]; then settle_hub_access; require_model "$MODEL"; fi
   run_step check_stage2        # the training groups the teacher scores come from

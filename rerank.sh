@@ -24,7 +24,7 @@ main() {
   STEP_LOG=$RERANK_DIR/step_times.log
   print_settings stage3
   require_prepared_data
-  [[ $FORMAT == tokenized ]] || die "stage 3 (reranker, teacher scores) reads the tokenized data; it does not run with FORMAT=$FORMAT yet"
+  require_stage3_inputs
   if ! has_train_data; then nothing_to_train "; no reranker to train"; return 0; fi
   settle_hub_access
   require_model "$RERANKER_MODEL"

@@ -352,6 +352,13 @@ init_model_for() {
   esac
 }
 
+# require_stage3_inputs: stage 3 reads the data of FORMAT from INPUT_DIR as stages 1 and 2 do (token ids, or raw
+# text that the reranker drivers tokenize themselves): the stage-2 training groups and the dev queries and corpus.
+require_stage3_inputs() {
+  [[ -f $INPUT_DIR/query/dev.query.json ]] \
+    || die "no $FORMAT dev queries in $INPUT_DIR/query (FORMAT=$FORMAT); run run.sh first (same settings)"
+}
+
 # The stage-2 model must be finished and trained with these settings (the driver checks its record); it
 # made the stage-2 ranking, and its training folder $OUT/train-hn is what the reranker trains on.
 check_stage2_model() {
@@ -385,7 +392,7 @@ rerank_and_eval() {
   [[ -f $run ]] || die "no ranking $run to rerank"
   mkdir -p "$(dirname "$ranking")"
   "$PYTHON" -m tevatron.reranker.driver.rerank --model_name_or_path "$RERANK_DIR/reranker" --run "$run" \
-    --queries "$DATA_DIR/bert/query/dev.query.json" --corpus "$DATA_DIR/bert/corpus/split*.json" \
+    --queries "$INPUT_DIR/query/dev.query.json" --corpus "$INPUT_DIR/corpus/split*.json" \
     --q_max_len "$Q_MAX_LEN" --p_max_len "$RERANK_P_MAX_LEN" --rerank_depth "$RERANK_DEPTH" \
     --rerank_output "$ranking" --per_device_eval_batch_size "$RERANK_BATCH" $PRECISION
   "$PYTHON" "$SCRIPTS/score_to_marco.py" "$ranking"

@@ -271,6 +271,13 @@ def rerank_inputs(folder: Path, empty_run: bool = False) -> None:
         write_lines(folder / "run.tsv", "q1\tp1\t2.5", "q1\tp9\t2.0", "q1\tp2\t1.0")
 
 
+def raw_corpus_rerank_inputs(folder: Path) -> None:
+    """Tokenized queries, a raw-text corpus (corpus.jsonl) and a run over it."""
+    rerank_inputs(folder)
+    write_lines(folder / "corpus.jsonl", '{"docid": "p1", "title": "", "text": "alpha"}',
+                '{"docid": "p2", "title": "T", "text": "bravo"}')
+
+
 RERANK_COMMAND = ("-m", "tevatron.reranker.driver.rerank", "--model_name_or_path", "{reranker}", "--run", "run.tsv",
                   "--queries", "queries.json", "--corpus", "corpus.json", "--rerank_output", "reranked.tsv")
 
@@ -698,6 +705,11 @@ CASES = {
     "rerank-empty-run": Case(
         "an empty run to rerank", lambda f: rerank_inputs(f, empty_run=True), RERANK_COMMAND,
         error="run.tsv: empty run: no ranking to rerank", outputs=("reranked.tsv",), needs=("reranker",)),
+    "rerank-mixed-formats": Case(
+        "tokenized queries with a raw-text corpus (or the other way round) to rerank", raw_corpus_rerank_inputs,
+        RERANK_COMMAND[:-4] + ("--corpus", "corpus.jsonl", "--rerank_output", "reranked.tsv"),
+        error="--queries are tokenized but --corpus is text; give both tokenized or both raw text",
+        outputs=("reranked.tsv",), needs=("reranker",)),
     # raw text (Tevatron v2's schemas)
     "raw-train-missing-query": Case(
         "raw-text training line without `query`", lambda f: raw_train(f, {"query_id": "2", "positive_passages": [

@@ -2,6 +2,7 @@
 the driver end to end."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -250,3 +251,64 @@ def test_driver_refuses_groups_without_scores_and_groups_of_one(tmp_path, tiny_b
         "error: --distillation needs --train_n_passages of at least 2: the teacher's distribution over a group "
         "of one passage is always 1"]
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- raw text
+def test_raw_and_tokenized_groups_give_the_same_teacher_scores_and_distillation_loss(tiny_reranker_dir,
+                                                                                    tiny_bert_dir, tmp_path):
+    """score_groups writes the teacher scores beside raw-text groups under the same names; the distillation
+    data path reads them, and raw and tokenized groups give the same scores, batches and loss."""
+    from test_raw_text import build, make_data
+    from tevatron.data import SequencePadder, TrainCollator
+    from tevatron.distillation import DistillationCollator
+    from tevatron.raw_text import TextTokenizer
+    from tevatron.reranker.data import PairBuilder
+    from tevatron.reranker.driver.score_groups import scored_records
+    from tevatron.reranker.modeling import load_cross_encoder
+    from tevatron.text_formats import write_jsonl as write_lines
+
+    data = make_data(tmp_path / "data")
+    folders = {"tokenized": build(data, tmp_path / "tokenized", tiny_reranker_dir, n_sample=6),
+               "text": build(data, tmp_path / "text", tiny_reranker_dir, n_sample=6, format="text")}
+    tokenizer = load_tokenizer(str(tiny_reranker_dir))
+    reranker = load_cross_encoder(tiny_reranker_dir)
+    builder = PairBuilder(tokenizer, q_max_len=8, p_max_len=24)
+    scored = {}
+    for name, folder in folders.items():
+        records = scored_records(folder / "split00.json", reranker, builder, 16, torch.device("cpu"),
+                                 data_format=name)
+        scored[name] = tmp_path / f"scored-{name}"
+        write_lines(scored[name] / "split00.json", records)
+    first = {name: json.loads((folder / "split00.json").read_text().splitlines()[0]) for name, folder in scored.items()}
+    assert len(first["text"]["positive_scores"]) == len(first["text"]["positive_passages"])
+    assert len(first["text"]["negative_scores"]) == len(first["text"]["negative_passages"])
+    for key in ("positive_scores", "negative_scores"):
+        assert first["text"][key] == first["tokenized"][key]
+
+    n_passages, q_len, p_len = 4, 12, 20
+    loaded = {name: load_scored_groups(DataArguments(train_dir=str(folder), train_n_passages=n_passages),
+                                       vocab_size=len(tokenizer), cache_dir=str(tmp_path / "cache"))
+              for name, folder in scored.items()}
+    padder = SequencePadder(tokenizer)
+    collators = {"tokenized": DistillationCollator(TrainCollator(padder, q_len, p_len)),
+                 "text": DistillationCollator(TrainCollator(padder, q_len, p_len,
+                                                            text_tokenizer=TextTokenizer(tokenizer, q_len, p_len)))}
+    model = build_model(tiny_bert_dir)
+    model.distil_temperature, model.distil_weight = 2.0, 0.3
+
+    def distil_batches(name, epochs=2, batch_size=4):
+        dataset = DistillationDataset(TrainDataset(loaded[name], n_passages, 42))
+        for epoch in range(epochs):
+            dataset.set_epoch(epoch)
+            for start in range(0, len(dataset), batch_size):
+                yield collators[name]([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+    count = 0
+    for ahead, fly in zip(distil_batches("tokenized"), distil_batches("text")):
+        assert torch.equal(ahead["teacher_scores"], fly["teacher_scores"])
+        for side in ("query", "passage"):
+            assert torch.equal(ahead[side]["input_ids"], fly[side]["input_ids"])
+        with torch.no_grad():
+            assert model(**ahead)["loss"].item() == model(**fly)["loss"].item()
+        count += 1
+    assert count == 6  # 10 groups, 3 batches an epoch, 2 epochs

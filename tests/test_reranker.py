@@ -269,3 +269,72 @@ def test_train_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_bert_d
     assert resumed.returncode == 0 and "resuming the interrupted run" in resumed.stderr, resumed.stderr[-3000:]
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+# --------------------------------------------------------------------------- raw text (Tevatron v2's schemas)
+def test_raw_text_groups_give_the_tokenized_groups_pair_batches_and_loss(tiny_reranker_dir, tmp_path):
+    """The same groups tokenized ahead (build_train) or given as raw text (tokenized by the collator): the
+    same sampled pairs, the same batches, the same listwise loss, over two epochs."""
+    from test_raw_text import batches, build, make_data
+    from tevatron.data import groups_format, load_train_groups
+    from tevatron.reranker.arguments import RerankerDataArguments
+    from tevatron.reranker.data import GroupPairCollator, PairBuilder, pair_text_tokenizer
+    from tevatron.reranker.modeling import listwise_loss, load_cross_encoder
+    from tevatron.tokenization import load_tokenizer
+
+    data = make_data(tmp_path / "data")
+    # tokenized ahead longer than any pair holds, so only the pair's cut applies to either
+    tokenized = build(data, tmp_path / "tokenized", tiny_reranker_dir, n_sample=6, p_max_len=128)
+    text = build(data, tmp_path / "text", tiny_reranker_dir, n_sample=6, format="text")
+    tokenizer = load_tokenizer(str(tiny_reranker_dir))
+    n_passages = 4
+    loaded = {name: load_train_groups(RerankerDataArguments(train_dir=str(folder), train_n_passages=n_passages),
+                                      vocab_size=len(tokenizer), cache_dir=str(tmp_path / "cache"))
+              for name, folder in (("tokenized", tokenized), ("text", text))}
+    assert (groups_format(loaded["tokenized"]), groups_format(loaded["text"])) == ("tokenized", "text")
+    builder = PairBuilder(tokenizer, q_max_len=8, p_max_len=24)  # short: some passages are cut
+    model = load_cross_encoder(tiny_reranker_dir).eval()
+    count = 0
+    for ahead, fly in zip(batches(loaded["tokenized"], GroupPairCollator(builder), n_passages),
+                          batches(loaded["text"], GroupPairCollator(builder, pair_text_tokenizer(tokenizer, builder)),
+                                  n_passages)):
+        assert ahead["n_passages"] == fly["n_passages"] == n_passages
+        assert set(ahead["pairs"]) == set(fly["pairs"]) == {"input_ids", "attention_mask", "token_type_ids"}
+        for key in ahead["pairs"]:
+            assert torch.equal(ahead["pairs"][key], fly["pairs"][key]), key
+        with torch.no_grad():
+            losses = [listwise_loss(model(**batch["pairs"]).logits, n_passages).item() for batch in (ahead, fly)]
+        assert losses[0] == losses[1]
+        count += 1
+    assert count == 6  # 10 groups, 3 batches an epoch, 2 epochs
+    assert int(ahead["pairs"]["attention_mask"].sum(1).max()) == builder.max_len, "a pair was cut"
+
+
+@pytest.mark.slow
+def test_rerank_reads_raw_queries_and_corpus_like_tokenized_ones(tiny_reranker_dir, tmp_path):
+    from test_raw_text import make_data
+    from tevatron.preprocess.tokenize import tokenize_passages, tokenize_queries
+    from tevatron.reranker.driver.rerank import main as rerank_main
+
+    data = make_data(tmp_path / "data")
+    for data_format in ("tokenized", "text"):
+        tokenize_queries(str(tiny_reranker_dir), data / "train.query.txt", tmp_path / data_format / "queries.json",
+                         q_max_len=32, data_format=data_format)
+        tokenize_passages(str(tiny_reranker_dir), data / "corpus.tsv", tmp_path / data_format / "corpus", n_splits=2,
+                          p_max_len=128, num_workers=1, data_format=data_format)
+    (tmp_path / "run.tsv").write_text("".join(f"q{i}\tp{(i * 7 + j) % 40}\t{10 - j}.5\n" for i in range(10)
+                                              for j in range(6)))  # scores, not ranks
+
+    def rerank(data_format, *extra):
+        folder = tmp_path / data_format
+        return rerank_main(["--model_name_or_path", str(tiny_reranker_dir), "--run", str(tmp_path / "run.tsv"),
+                            "--queries", str(folder / "queries.json"), "--corpus", str(folder / "corpus"),
+                            "--rerank_depth", "5", "--rerank_output", str(tmp_path / f"{data_format}.tsv"),
+                            "--q_max_len", "8", "--p_max_len", "24", "--per_device_eval_batch_size", "7", *extra])
+
+    assert rerank("tokenized") == 0 and rerank("text") == 0
+    reranked = read_ranking(tmp_path / "text.tsv")
+    assert len(reranked) == 10 * 5
+    assert reranked == read_ranking(tmp_path / "tokenized.tsv")
+    mixed = rerank("text", "--corpus", str(tmp_path / "tokenized" / "corpus"), "--overwrite")
+    assert mixed == 2

@@ -19,6 +19,7 @@ import pytest
 from conftest import make_tiny_bert
 from helpers import REPO_ROOT
 from tevatron.provenance import model_identity
+from tevatron.text_formats import iter_jsonl
 from test_pipeline import (check_ok, make_rocketqa, out_folder, pipeline_env, run_script, shell_settings,
                            step_sections)
 
@@ -318,3 +319,29 @@ def test_regression_reads_stage3_rows_from_the_folders_the_scripts_work_out(tmp_
     pinned = {"stage2": {"MRR@10": 0.5}, "rerank_bm25": {"MRR@10": 0.6}, "distil": {"MRR@10": 0.7}}
     assert check_regression.compare(pinned, files, 0.01) == []
     assert results_table.load_rows(files)["distil"] == {"MRR@10": 0.7}
+
+
+# --------------------------------------------------------------------------- raw text (FORMAT=text)
+@pytest.mark.slow  # runs the pipeline scripts
+def test_format_text_stage3_gives_the_tokenized_numbers(stage3_flow):
+    """rerank.sh and distil.sh with FORMAT=text (the raw data under marco/text/, tokenized by the drivers) give
+    the reranked and distilled metrics of the tokenized flow: the same ids, so the same numbers.  Only the
+    raw-text flow runs here; the tokenized one is the real-reranker flow's."""
+    if stage3_flow["kind"] != "real reranker":
+        pytest.skip("compares the real reranker's numbers")
+    work, env = stage3_flow["work"], dict(stage3_flow["env"], FORMAT="text")
+    check_ok(run_script("run.sh", env, work, "--all"), "run.sh --all (text)")
+    logs = {script: check_ok(run_script(script, env, work), f"{script} (text)") for script in ("rerank.sh", "distil.sh")}
+    rerank_dir, distil_dir = (printed_folder(name, logs["distil.sh"], work) for name in ("RERANK_DIR", "DISTIL_DIR"))
+    assert rerank_dir.parent.name == stage3_flow["out"].name.replace("-marco-", "-marco-text-")
+    assert "==> format: text (marco/text)" in logs["rerank.sh"]
+    for name in ("rerank_bm25", "rerank_stage2"):
+        text_metrics = json.loads((rerank_dir / "metrics" / f"{name}.json").read_text())
+        assert text_metrics == json.loads((stage3_flow["rerank_dir"] / "metrics" / f"{name}.json").read_text()), name
+    assert (json.loads((distil_dir / "metrics" / "distil.json").read_text())
+            == json.loads((stage3_flow["distil_dir"] / "metrics" / "distil.json").read_text()))
+    # the teacher scores sit beside the raw passages, under the tokenized groups' names
+    scored = next(iter_jsonl(distil_dir / "train-distil" / "split00.json"))[1]
+    assert isinstance(scored["query"], str)
+    assert len(scored["positive_scores"]) == len(scored["positive_passages"])
+    assert len(scored["negative_scores"]) == len(scored["negative_passages"])

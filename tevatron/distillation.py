@@ -2,7 +2,8 @@
 
 A scored training group is a group record plus two lists of floats, one score per passage:
 ``"positive_scores"`` parallel to ``"positives"`` and ``"negative_scores"`` parallel to ``"negatives"``
-(the names Tevatron v2 uses; ``tevatron.reranker.driver.score_groups`` writes them).  Every score is
+(``"positive_passages"``/``"negative_passages"`` in a raw-text group; the names Tevatron v2 uses;
+``tevatron.reranker.driver.score_groups`` writes them).  Every score is
 checked when the files are read: a missing list, one of another length than its passages or a value
 that is not a finite number stops training with one line naming the file and line.
 
@@ -22,13 +23,16 @@ import torch
 from torch.utils.data import Dataset
 
 from .cli import CommandError
-from .data import (_log_group_sources, _stable_hash, _unwrap_input_error, list_data_files, sample_group,
-                   validate_train_record)
+from .data import (_log_group_sources, _stable_hash, _unwrap_input_error, _validate_group, group_features,
+                   list_data_files, sample_group)
 from .files import InputError
+from .preprocess.tokenize import TEXT
+from .raw_text import one_format, training_record_format
 from .text_formats import iter_jsonl
 
 # score list -> the passage list it is parallel to
 SCORE_FIELDS = {"positive_scores": "positives", "negative_scores": "negatives"}
+RAW_SCORE_FIELDS = {"positive_scores": "positive_passages", "negative_scores": "negative_passages"}  # raw text
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
@@ -58,17 +62,19 @@ def check_teacher_scores(path, number: int, record: dict, passage_fields: dict[s
     return scores
 
 
-def _iter_scored_groups(files: Sequence[str], vocab_size: int | None, need_negatives: bool) -> Iterator[dict]:
+def _iter_scored_groups(files: Sequence[str], vocab_size: int | None, need_negatives: bool,
+                        data_format: str = "tokenized") -> Iterator[dict]:
+    passage_fields = RAW_SCORE_FIELDS if data_format == TEXT else SCORE_FIELDS
     for file in files:
         for number, record in iter_jsonl(file):
-            group = validate_train_record(file, number, record, vocab_size, need_negatives)
-            group.update(check_teacher_scores(file, number, record))
+            group = _validate_group(file, number, record, vocab_size, need_negatives, data_format)
+            group.update(check_teacher_scores(file, number, record, passage_fields))
             yield group
 
 
 def load_scored_groups(data_args, vocab_size: int | None, cache_dir: str | None = None):
     """Training groups with their teacher scores, checked line by line, as an Arrow-backed ``datasets.Dataset``
-    (the counterpart of :func:`tevatron.data.load_train_groups` for ``--distillation``)."""
+    (the counterpart of :func:`tevatron.data.load_train_groups` for ``--distillation``; tokenized or raw text)."""
     import datasets
 
     if not data_args.train_dir:
@@ -76,9 +82,9 @@ def load_scored_groups(data_args, vocab_size: int | None, cache_dir: str | None 
                            "score_groups writes them), not from --dataset_name")
     need_negatives = data_args.train_n_passages > 1
     files = [str(f) for f in list_data_files(data_args.train_dir)]
-    token_lists = datasets.Sequence(datasets.Sequence(datasets.Value("int32")))
+    data_format = one_format(files, training_record_format)
     features = datasets.Features({
-        "query": datasets.Sequence(datasets.Value("int32")), "positives": token_lists, "negatives": token_lists,
+        **group_features(data_format),
         # float64: the scores as written (they are checked to fit float32, the collator's dtype)
         "positive_scores": datasets.Sequence(datasets.Value("float64")),
         "negative_scores": datasets.Sequence(datasets.Value("float64")),
@@ -86,8 +92,10 @@ def load_scored_groups(data_args, vocab_size: int | None, cache_dir: str | None 
     fingerprint_parts = [f"{f}:{Path(f).stat().st_size}:{Path(f).stat().st_mtime_ns}" for f in files]
     groups = _unwrap_input_error(datasets.Dataset.from_generator)(
         _iter_scored_groups, features=features, cache_dir=cache_dir,
-        gen_kwargs={"files": files, "vocab_size": vocab_size, "need_negatives": need_negatives},
-        fingerprint=_stable_hash(fingerprint_parts + [str(vocab_size), str(need_negatives), "teacher scores"]),
+        gen_kwargs={"files": files, "vocab_size": vocab_size, "need_negatives": need_negatives,
+                    "data_format": data_format},
+        fingerprint=_stable_hash(fingerprint_parts + [str(vocab_size), str(need_negatives), "teacher scores"]
+                                 + ([data_format] if data_format == TEXT else [])),
     )
     _log_group_sources(files, len(groups))
     if len(groups) == 0:

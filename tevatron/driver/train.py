@@ -56,9 +56,6 @@ def main(argv=None) -> int:
     wanted = training_provenance(model_args, data_args, training_args)  # records the precision decided
     data_format, data_files = training_data_format(data_args, model_args.cache_dir)
     prefixes = training_prefixes(data_args, data_format, data_files)
-    if training_args.distillation and data_format == TEXT:
-        raise CommandError("--distillation reads tokenized groups with teacher scores (tevatron.reranker.driver."
-                           "score_groups output); raw-text groups are not supported with it yet")
     wanted.update({field: value for field, value in prefixes.items() if value})  # none: records stay as before
     if not prepare_output_dir(training_args, wanted):
         shutdown_distributed()

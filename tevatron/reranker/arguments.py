@@ -46,8 +46,10 @@ class PairLengthArguments:
 @dataclass
 class RerankerDataArguments(PairLengthArguments):
     train_dir: str | None = field(default=None, metadata={
-        "help": "directory of tokenized .json/.jsonl training groups, or one such file (the retriever's)"})
-    dataset_name: str | None = field(default=None, metadata={"help": "a Hugging Face dataset id (tokenized)"})
+        "help": "directory of .json/.jsonl training groups, or one such file (the retriever's: tokenized, or raw "
+                "text in Tevatron v2's schema)"})
+    dataset_name: str | None = field(default=None, metadata={"help": "a Hugging Face dataset id (either schema)"})
+    dataset_config: str | None = field(default=None, metadata={"help": "the dataset's configuration, if any"})
     dataset_split: str = field(default="train")
     train_n_passages: int = field(default=8, metadata={"help": "one positive plus (n - 1) negatives per query"})
 
@@ -79,9 +81,9 @@ class RerankerTrainingArguments(TrainingArguments):
 class RerankArguments(PairLengthArguments):
     run: str = field(default=None, metadata={"help": "the ranking to rerank (qid pid score, MS MARCO or TREC)"})
     queries: Optional[List[str]] = field(default=None, metadata={
-        "help": "tokenized queries ({text_id, text}), as the encode driver reads them"})
+        "help": "queries as the encode driver reads them: tokenized ({text_id, text}) or raw ({query_id, query})"})
     corpus: Optional[List[str]] = field(default=None, metadata={
-        "help": "tokenized corpus file(s), directories or globs ({text_id, text})"})
+        "help": "corpus file(s), directories or globs: tokenized ({text_id, text}) or raw ({docid, title, text})"})
     rerank_depth: int = field(default=100, metadata={"help": "rerank the top this many passages of each query"})
     rerank_output: str = field(default=None, metadata={"help": "where to write the reranked run (qid pid score)"})
     encode_num_shard: int = field(default=1, metadata={"help": "split the run's queries into this many shards"})
@@ -99,7 +101,8 @@ class RerankArguments(PairLengthArguments):
 
 @dataclass
 class ScoreGroupsArguments(PairLengthArguments):
-    train_dir: str = field(default=None, metadata={"help": "the training groups to score (a folder or a file)"})
+    train_dir: str = field(default=None, metadata={
+        "help": "the training groups to score (a folder or a file; tokenized or raw text)"})
     overwrite: bool = field(default=False, metadata={"help": "score again even if the output is up to date"})
 
 

@@ -1,9 +1,12 @@
-"""(query, passage) pairs for the cross-encoder, built from the retriever's tokenized records.
+"""(query, passage) pairs for the cross-encoder, built from the retriever's records (token ids, or raw text
+tokenized on the fly by :func:`pair_text_tokenizer`).
 
 A pair is the tokenizer's own two-sequence input (``[CLS] query [SEP] passage [SEP]`` with token type
 ids 0 then 1 for BERT).  Lengths: ``[CLS] query [SEP]`` keeps at most ``q_max_len`` tokens, as the
 retriever's query encoder sees the query; the whole pair keeps at most ``q_max_len + p_max_len``
 tokens, so the passage gets what the query leaves (cut to the model's positions where that is less).
+Raw text is cut only by these pair lengths; token-id files may have been cut shorter when they were made
+(``build_train --p_max_len``), so the two give the same pairs where that cut is at least the pair's.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 
 from tevatron.cli import CommandError
 from tevatron.data import special_token_frame
+from tevatron.raw_text import TextTokenizer
 
 
 def _find(sequence: list[int], part: list[int], start: int) -> int:
@@ -107,12 +111,28 @@ class PairBuilder:
         return batch
 
 
+def pair_text_tokenizer(tokenizer, builder: PairBuilder) -> TextTokenizer:
+    """Raw queries and ``[title, text]`` passages to ids as the retriever's data tokenizes them (title and
+    text joined as ``build_train`` joins them), cut to the most a pair can hold: the query to its budget,
+    the passage to the pair without its special tokens (the builder then cuts it to what the query leaves).
+    No prefixes: ``--query_prefix``/``--passage_prefix`` belong to the bi-encoder."""
+    return TextTokenizer(tokenizer, builder.query_budget, builder.max_len - builder.pair_special)
+
+
 @dataclass
 class GroupPairCollator:
     """Training batches: each sampled group (query, [positive, negatives...]) becomes its pairs, group after
-    group, so the logits reshape to ``[groups, train_n_passages]`` with the positive in column 0."""
+    group, so the logits reshape to ``[groups, train_n_passages]`` with the positive in column 0.  Raw-text
+    groups are tokenized here by ``text_tokenizer`` (:func:`pair_text_tokenizer`)."""
     builder: PairBuilder
+    text_tokenizer: TextTokenizer | None = None
 
     def __call__(self, features):
-        pairs = [(query, passage) for query, passages in features for passage in passages]
-        return {"pairs": self.builder(pairs), "n_passages": len(features[0][1])}
+        queries = [query for query, _ in features]
+        groups = [list(passages) for _, passages in features]
+        if self.text_tokenizer is not None:
+            queries = self.text_tokenizer.queries(queries)
+            flat = iter(self.text_tokenizer.passages([passage for group in groups for passage in group]))
+            groups = [[next(flat) for _ in group] for group in groups]
+        pairs = [(query, passage) for query, passages in zip(queries, groups) for passage in passages]
+        return {"pairs": self.builder(pairs), "n_passages": len(groups[0])}

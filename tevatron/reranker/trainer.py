@@ -55,6 +55,8 @@ def reranker_training_provenance(model_args, data_args, training_args) -> dict:
                                              for path in list_data_files(data_args.train_dir)]}
     else:
         record["training data"] = {"dataset": data_args.dataset_name, "split": data_args.dataset_split}
+        if data_args.dataset_config:
+            record["training data"]["config"] = data_args.dataset_config
     record.update(train_n_passages=data_args.train_n_passages, q_max_len=data_args.q_max_len,
                   p_max_len=data_args.p_max_len)
     if training_args.device.type == "cpu":

@@ -1,7 +1,8 @@
 """``python -m tevatron.reranker.driver.rerank``: rerank the top of each query of a run with a cross-encoder.
 
 Reads a run in any format :func:`tevatron.text_formats.read_run_with_format` reads (the reducer's
-``qid pid score``, MS MARCO ranks, TREC), the tokenized queries and corpus the encode driver reads, and
+``qid pid score``, MS MARCO ranks, TREC), the queries and corpus the encode driver reads (tokenized, or raw
+text: ``{"query_id", "query"}`` / ``{"docid", "title", "text"}``, tokenized here, only the passages reranked), and
 scores the top ``--rerank_depth`` passages of each query (by the run's order; passages below the depth
 are left out of the output).  The output is ``qid pid score`` like the reducer's, score descending, ties
 by the passage's row in the corpus as the retriever breaks them.
@@ -23,9 +24,11 @@ from transformers import HfArgumentParser
 from tevatron.argument_checks import parse_dataclasses
 from tevatron.cli import CommandError, command
 from tevatron.cpu_kernels import use_onednn_linear
-from tevatron.data import read_encode_records, shard_range
+from tevatron.data import encode_input_format, read_encode_records, shard_range
+from tevatron.driver.encode import tokenize_raw
 from tevatron.faiss_retriever.topk import order_by_score_then_position
 from tevatron.files import InputError, check_output_file
+from tevatron.preprocess.tokenize import TEXT
 from tevatron.provenance import file_identity, model_identity, read_file_record, up_to_date, write_file_record
 from tevatron.text_formats import iter_lines, read_run_with_format, write_ranking
 
@@ -60,6 +63,19 @@ def rerank_provenance(model_args, args, inputs: dict, max_len: int, precision: s
             "corpus": [file_identity(p) for p in inputs["corpus"]], "depth": args.rerank_depth,
             "q_max_len": args.q_max_len, "pair_max_len": max_len,
             "shard": {"count": args.encode_num_shard, "index": args.encode_shard_index}, "precision": precision}
+
+
+def tokenize_reranked(tokenizer, builder: PairBuilder, top: dict[str, list[str]], query_text: dict,
+                      passage_row: dict, passage_text: list) -> tuple[dict, dict]:
+    """Raw queries and passages to ids, only those ``top`` reranks, cut to what a pair can hold (as
+    :func:`tevatron.reranker.data.pair_text_tokenizer` cuts training groups); returns the two lookups
+    ``rerank`` reads: qid -> ids, corpus row -> ids."""
+    qids = list(top)
+    queries = tokenize_raw(tokenizer, [query_text[qid] for qid in qids], builder.query_budget, True, "")
+    rows = sorted({passage_row[pid] for pids in top.values() for pid in pids})
+    passages = tokenize_raw(tokenizer, [passage_text[row] for row in rows], builder.max_len - builder.pair_special,
+                            False, "")
+    return dict(zip(qids, queries)), dict(zip(rows, passages))
 
 
 def rerank(model, builder: PairBuilder, top: dict[str, list[str]], query_text: dict, passage_row: dict,
@@ -107,8 +123,13 @@ def main(argv=None) -> int:
     if not top:
         raise InputError(args.run, f"shard {args.encode_shard_index} of {args.encode_num_shard} has no queries "
                          f"(the run has {len(qids)})")
+    formats = {name: encode_input_format(paths) for name, paths in inputs.items()}
+    if formats["queries"] != formats["corpus"]:
+        raise CommandError(f"--queries are {formats['queries']} but --corpus is {formats['corpus']}; give both "
+                           "tokenized or both raw text")
+    data_format = formats["corpus"]
     vocab = model.get_input_embeddings().num_embeddings
-    query_ids, query_texts = read_encode_records(inputs["queries"], vocab_size=vocab)
+    query_ids, query_texts = read_encode_records(inputs["queries"], vocab_size=vocab, is_query=True)
     query_text = dict(zip(query_ids, query_texts))
     passage_ids, passage_text = read_encode_records(inputs["corpus"], vocab_size=vocab)
     passage_row = {pid: row for row, pid in enumerate(passage_ids)}
@@ -120,6 +141,9 @@ def main(argv=None) -> int:
             if pid not in passage_row:
                 raise InputError(args.run, f"passage {pid!r} (query {qid!r}) is not in the corpus "
                                  f"({', '.join(inputs['corpus'])})", line_of(args.run, qid, pid))
+    if data_format == TEXT:
+        query_text, passage_text = tokenize_reranked(builder.tokenizer, builder, top, query_text, passage_row,
+                                                     passage_text)
     n_pairs = sum(len(pids) for pids in top.values())
     logger.info("reranking %d queries (shard %d of %d of %d; %s run), %d pairs, pairs cut to %d tokens", len(top),
                 args.encode_shard_index, args.encode_num_shard, len(qids), run_format, n_pairs, builder.max_len)

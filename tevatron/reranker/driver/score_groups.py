@@ -1,8 +1,10 @@
 """``python -m tevatron.reranker.driver.score_groups``: teacher scores for every pair of the training groups.
 
 For each training file of ``--train_dir`` it writes ``--output_dir/<same name>``: each line is the input
-JSON record with ``"positive_scores"`` and ``"negative_scores"`` added, floats parallel to ``"positives"``
-and ``"negatives"`` (the reranker's logits, as the distillation loss reads them).  The folder gets a
+JSON record with ``"positive_scores"`` and ``"negative_scores"`` added, floats parallel to the group's
+positive and negative passages (``"positives"``/``"negatives"`` of tokenized groups,
+``"positive_passages"``/``"negative_passages"`` of raw-text ones: the reranker's logits, as the
+distillation loss reads them).  The folder gets a
 ``.complete`` record (model, input files, lengths, precision); a re-run with the same inputs skips, an
 interrupted one keeps the files it finished.
 """
@@ -18,8 +20,11 @@ from tevatron import provenance
 from tevatron.argument_checks import parse_dataclasses
 from tevatron.cli import CommandError, command
 from tevatron.cpu_kernels import use_onednn_linear
-from tevatron.data import list_data_files, validate_train_record
+from tevatron.data import _validate_group, list_data_files
+from tevatron.driver.encode import tokenize_raw
 from tevatron.files import check_output_dir
+from tevatron.preprocess.tokenize import TEXT
+from tevatron.raw_text import one_format, training_record_format
 from tevatron.text_formats import iter_jsonl, write_jsonl
 
 from ..arguments import RerankerModelArguments, ScoreGroupsArguments, ScoringArguments
@@ -31,19 +36,28 @@ logger = logging.getLogger("tevatron.reranker.driver.score_groups")
 SCORE_KEYS = {"positives": "positive_scores", "negatives": "negative_scores"}
 
 
-def scored_records(path, model, builder: PairBuilder, batch_size: int, device, autocast_dtype=None) -> list[dict]:
-    """The records of one training file, each with its passages' scores added."""
+def scored_records(path, model, builder: PairBuilder, batch_size: int, device, autocast_dtype=None,
+                   data_format: str = "tokenized") -> list[dict]:
+    """The records of one training file, each with its passages' scores added (raw text tokenized as the
+    reranker's training tokenizes it)."""
     vocab = model.get_input_embeddings().num_embeddings
-    records, pairs = [], []
+    records, checked = [], []
     for number, record in iter_jsonl(path):
-        checked = validate_train_record(path, number, record, vocab, need_negatives=False)
+        checked.append(_validate_group(path, number, record, vocab, False, data_format))
         records.append(record)
-        pairs.extend((checked["query"], passage) for key in SCORE_KEYS for passage in checked[key])
+    queries = [group["query"] for group in checked]
+    passages = [passage for group in checked for key in SCORE_KEYS for passage in group[key]]
+    if data_format == TEXT:
+        queries = tokenize_raw(builder.tokenizer, [["", query] for query in queries], builder.query_budget, True, "")
+        passages = tokenize_raw(builder.tokenizer, passages, builder.max_len - builder.pair_special, False, "")
+    passage_ids = iter(passages)
+    pairs = [(query, next(passage_ids)) for query, group in zip(queries, checked)
+             for key in SCORE_KEYS for _ in group[key]]
     scores = score_pairs(model, builder, pairs, batch_size, device, autocast_dtype, desc=Path(path).name).tolist()
     start = 0
-    for record in records:
+    for record, group in zip(records, checked):
         for key, score_key in SCORE_KEYS.items():
-            count = len(record.get(key, []))
+            count = len(group[key])
             record[score_key] = scores[start: start + count]
             start += count
     return records
@@ -58,6 +72,7 @@ def main(argv=None) -> int:
     output_dir = Path(run_args.output_dir)
     check_output_dir(output_dir)
     files = list_data_files(args.train_dir)
+    data_format = one_format(files, training_record_format)
     if any(output_dir.resolve() == f.parent.resolve() for f in files):
         raise CommandError(f"--output_dir {output_dir} is the folder of the training files; give another one")
     model, builder, precision = load_scorer(model_args, args.q_max_len, args.p_max_len, run_args)
@@ -82,7 +97,7 @@ def main(argv=None) -> int:
             logger.info("%s: kept from the interrupted run", output_dir / path.name)
             continue
         records = scored_records(path, model, builder, run_args.per_device_eval_batch_size, device,
-                                 autocast_dtype_for(precision))
+                                 autocast_dtype_for(precision), data_format)
         write_jsonl(output_dir / path.name, records)
         total += len(records)
         logger.info("wrote %d scored groups to %s", len(records), output_dir / path.name)

@@ -1,4 +1,5 @@
-"""``python -m tevatron.reranker.driver.train``: train a cross-encoder reranker on the retriever's groups.
+"""``python -m tevatron.reranker.driver.train``: train a cross-encoder reranker on the retriever's groups
+(tokenized, or raw text in Tevatron v2's schema, tokenized on the fly; the retriever's loader reads both).
 
 Each group (one positive, ``--train_n_passages - 1`` negatives, sampled exactly as the retriever samples
 them: :func:`tevatron.data.sample_group`) becomes its ``[CLS] query [SEP] passage [SEP]`` pairs, and the
@@ -17,13 +18,14 @@ from tevatron.argument_checks import parse_command_line
 from tevatron.arguments import resolve_mixed_precision
 from tevatron.cli import command
 from tevatron.cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
-from tevatron.data import TrainDataset, load_train_groups
+from tevatron.data import TrainDataset, groups_format, load_train_groups
 from tevatron.files import check_output_dir
+from tevatron.preprocess.tokenize import TEXT
 from tevatron.tokenization import load_tokenizer
 from tevatron.trainer import finish_output_dir, prepare_output_dir, shutdown_distributed
 
 from ..arguments import RerankerDataArguments, RerankerModelArguments, RerankerTrainingArguments
-from ..data import GroupPairCollator, PairBuilder
+from ..data import GroupPairCollator, PairBuilder, pair_text_tokenizer
 from ..modeling import check_reranker_folder, load_cross_encoder, position_limit
 from ..trainer import RerankerTrainer, reranker_training_provenance
 
@@ -65,11 +67,12 @@ def main(argv=None) -> int:
     train_dataset = TrainDataset(groups, data_args.train_n_passages, training_args.seed)
     pad_multiple = 8 if (training_args.fp16 or training_args.bf16) else None
     builder = PairBuilder(tokenizer, data_args.q_max_len, data_args.p_max_len, position_limit(model), pad_multiple)
-    logger.info("%d training groups, %d pairs each, pairs cut to %d tokens (query to %d)", len(train_dataset),
-                data_args.train_n_passages, builder.max_len, data_args.q_max_len)
+    text_tokenizer = pair_text_tokenizer(tokenizer, builder) if groups_format(groups) == TEXT else None
+    logger.info("%d training groups (%s), %d pairs each, pairs cut to %d tokens (query to %d)", len(train_dataset),
+                groups_format(groups), data_args.train_n_passages, builder.max_len, data_args.q_max_len)
 
     trainer = RerankerTrainer(model=model, args=training_args, train_dataset=train_dataset,
-                              data_collator=GroupPairCollator(builder), processing_class=tokenizer,
+                              data_collator=GroupPairCollator(builder, text_tokenizer), processing_class=tokenizer,
                               run_provenance=wanted)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
