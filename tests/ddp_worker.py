@@ -1,7 +1,8 @@
 """Run under ``torchrun``: one DDP training step on this rank's slice of a saved batch.
 
 Rank 0 saves the loss and the parameter gradients (after DDP's averaging) for comparison with a
-single process on the whole batch.
+single process on the whole batch.  Several modes, comma-separated, run one after another in one launch
+(a fresh model each), saved where ``{mode}`` in the output path names each.
 """
 import gc
 import sys
@@ -16,11 +17,16 @@ from tevatron.gradcache import grad_cache_step
 from tevatron.modeling import DenseModel
 
 
-def main(model_dir, batches_path, out_path, mode, variant="full"):
+def main(model_dir, batches_path, out_path, modes, variant="full"):
     dist.init_process_group("gloo")
-    rank = dist.get_rank()
     batches = torch.load(batches_path, weights_only=True)
-    local = batches[rank]
+    for mode in modes.split(","):
+        step(model_dir, batches[dist.get_rank()], out_path.format(mode=mode), mode, variant)
+    dist.destroy_process_group()
+
+
+def step(model_dir, local, out_path, mode, variant):
+    rank = dist.get_rank()
     # float64 so the comparison with one process is exact up to summation order
     if variant == "lora":
         from helpers import build_lora_model
@@ -47,7 +53,6 @@ def main(model_dir, batches_path, out_path, mode, variant="full"):
     dist.barrier()
     del ddp, model
     gc.collect()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

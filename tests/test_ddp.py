@@ -46,11 +46,24 @@ def split_batches(tiny_bert_dir, tmp_path_factory):
     return whole, path
 
 
-@pytest.mark.parametrize("mode", ["plain", "grad_cache", "distil", "distil_grad_cache"])
-def test_two_processes_equal_one_with_double_batch(tiny_bert_dir, split_batches, tmp_path, mode):
+MODES = ["plain", "grad_cache", "distil", "distil_grad_cache"]
+
+
+@pytest.fixture(scope="module")
+def ddp_steps(tiny_bert_dir, split_batches, tmp_path_factory):
+    """One torchrun launch runs every mode's DDP step (a launch costs process starts and imports)."""
+    _, batches_path = split_batches
+    out = tmp_path_factory.mktemp("ddp_steps")
+    result = torchrun(REPO_ROOT / "tests" / "ddp_worker.py", tiny_bert_dir, batches_path, out / "{mode}.pt",
+                      ",".join(MODES))
+    return result, out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_processes_equal_one_with_double_batch(tiny_bert_dir, split_batches, ddp_steps, mode):
     """Distillation under DDP: the KL term is each process's mean over its own queries (their groups are
     local), which DDP's gradient averaging makes the mean over all queries; the contrastive term gathers."""
-    whole, batches_path = split_batches
+    whole, _ = split_batches
     model = build_model(tiny_bert_dir).double()
     teacher = whole["teacher_scores"].double() if mode.startswith("distil") else None
     model.distil_temperature, model.distil_weight = 0.7, 0.5
@@ -62,9 +75,9 @@ def test_two_processes_equal_one_with_double_batch(tiny_bert_dir, split_batches,
     else:
         batch = {"query": whole["query"], "passage": whole["passage"], "teacher_scores": teacher}
         reference_loss, reference = loss_and_grads(model, batch)
-    result = torchrun(REPO_ROOT / "tests" / "ddp_worker.py", tiny_bert_dir, batches_path, tmp_path / "out.pt", mode)
+    result, out = ddp_steps
     assert result.returncode == 0, result.stderr[-3000:]
-    got = torch.load(tmp_path / "out.pt", weights_only=True)
+    got = torch.load(out / f"{mode}.pt", weights_only=True)
     assert torch.allclose(got["loss"], reference_loss, atol=1e-10), (got["loss"], reference_loss)
     assert got["grads"].keys() == reference.keys()
     for name, grad in reference.items():

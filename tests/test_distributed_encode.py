@@ -4,6 +4,7 @@ every rank with one error line and no output."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -39,31 +40,49 @@ def model_and_corpus(tmp_path_factory):
     return make_tiny_bert(root / "model"), write_jsonl(root / "corpus.json", toy_corpus(N_TEXTS, max_len=70))
 
 
-@pytest.mark.parametrize("side, shard", [("passages", []), ("queries", []),
-                                         ("passages", ["--encode_num_shard", 2, "--encode_shard_index", 1]),
-                                         ("queries", ["--encode_num_shard", 3, "--encode_shard_index", 0])])
-def test_two_processes_write_the_single_process_output(model_and_corpus, tmp_path, side, shard):
+@pytest.fixture(scope="module")
+def encoded(model_and_corpus, tmp_path_factory):
+    """``encoded(side, shard)``: a folder where one process wrote single.pt and a torchrun launch mp.pt, and the
+    launch's result; made once per case (the next test reads the passages' outputs again)."""
     model_dir, corpus = model_and_corpus
-    extra = [*shard, *(["--encode_is_qry"] if side == "queries" else [])]
-    single = run_module("tevatron.driver.encode", *encode_args(model_dir, corpus, tmp_path / "single.pt", *extra))
-    assert single.returncode == 0, single.stderr[-3000:]
-    launched = torchrun("-m", "tevatron.driver.encode", *encode_args(model_dir, corpus, tmp_path / "mp.pt", *extra))
+    made = {}
+
+    def encode_both(side: str, shard: tuple):
+        if (side, shard) not in made:
+            folder = tmp_path_factory.mktemp("encoded")
+            extra = [*shard, *(["--encode_is_qry"] if side == "queries" else [])]
+            single = run_module("tevatron.driver.encode", *encode_args(model_dir, corpus, folder / "single.pt", *extra))
+            assert single.returncode == 0, single.stderr[-3000:]
+            launched = torchrun("-m", "tevatron.driver.encode",
+                                *encode_args(model_dir, corpus, folder / "mp.pt", *extra))
+            made[side, shard] = folder, launched
+        return made[side, shard]
+    return encode_both
+
+
+@pytest.mark.parametrize("side, shard", [("passages", ()), ("queries", ()),
+                                         ("passages", ("--encode_num_shard", 2, "--encode_shard_index", 1)),
+                                         ("queries", ("--encode_num_shard", 3, "--encode_shard_index", 0))])
+def test_two_processes_write_the_single_process_output(encoded, side, shard):
+    folder, launched = encoded(side, shard)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    reps, ids = load_encodings(tmp_path / "mp.pt")
-    expected_reps, expected_ids = load_encodings(tmp_path / "single.pt")
+    reps, ids = load_encodings(folder / "mp.pt")
+    expected_reps, expected_ids = load_encodings(folder / "single.pt")
     assert ids == expected_ids and len(ids) < N_TEXTS if shard else ids == expected_ids
     assert torch.allclose(reps, expected_reps, atol=1e-6, rtol=0), (reps - expected_reps).abs().max()
-    assert encodings_provenance(tmp_path / "mp.pt") == encodings_provenance(tmp_path / "single.pt")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mp.pt", "single.pt"]  # no staging folder left
+    assert encodings_provenance(folder / "mp.pt") == encodings_provenance(folder / "single.pt")
+    assert sorted(p.name for p in folder.iterdir()) == ["mp.pt", "single.pt"]  # no staging folder left
     # one bar for the whole job (texts of every rank), not one per process
     assert f"{len(ids)}/{len(ids)}" in launched.stderr and "batch/s" not in launched.stderr
     assert launched.stderr.count("saved ") == 1  # the other rank logs warnings only
 
 
-def test_each_run_takes_the_others_output_as_up_to_date(model_and_corpus, tmp_path):
+def test_each_run_takes_the_others_output_as_up_to_date(model_and_corpus, encoded, tmp_path):
     model_dir, corpus = model_and_corpus
-    assert run_module("tevatron.driver.encode", *encode_args(model_dir, corpus, tmp_path / "single.pt")).returncode == 0
-    assert torchrun("-m", "tevatron.driver.encode", *encode_args(model_dir, corpus, tmp_path / "mp.pt")).returncode == 0
+    folder, launched = encoded("passages", ())
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    for name in ("single.pt", "mp.pt"):  # copies: this test rewrites one
+        shutil.copy(folder / name, tmp_path / name)
     stamps = {name: (tmp_path / name).stat().st_mtime_ns for name in ("single.pt", "mp.pt")}
     single_on_mp = run_module("tevatron.driver.encode", *encode_args(model_dir, corpus, tmp_path / "mp.pt"))
     mp_on_single = torchrun("-m", "tevatron.driver.encode", *encode_args(model_dir, corpus, tmp_path / "single.pt"))

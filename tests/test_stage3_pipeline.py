@@ -1,10 +1,11 @@
 """Stage 3 (rerank.sh, distil.sh) on small synthetic data with a tiny random model.
 
-The scripts call ``tevatron.reranker.driver.{train,rerank,score_groups}``.  One flow runs them with a
-stand-in reranker (``PYTHON`` points at a wrapper that answers those three modules with
-:data:`STAND_IN`, which writes outputs of the same shape), so the scripts' steps, flags, skips and the real
-distillation training, encoding and evaluation are tested whether or not the reranker package is there;
-the other flow runs the real reranker and is skipped until ``tevatron.reranker`` can be imported.
+The scripts call ``tevatron.reranker.driver.{train,rerank,score_groups}``.  One flow runs them (the
+scripts end to end are the suite's costliest step, so it runs once and every test below reads it):
+``PYTHON`` points at a wrapper that records the flags each of those three modules gets (calls.jsonl) and
+runs the real reranker; where ``tevatron.reranker`` cannot be imported it answers them with
+:data:`STAND_IN` instead, which writes outputs of the same shape, so the scripts' steps, flags, skips and
+the real distillation training, encoding and evaluation are tested either way.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from tevatron.text_formats import iter_jsonl
 from test_pipeline import (check_ok, make_rocketqa, out_folder, pipeline_env, run_script, shell_settings,
                            step_sections)
 
-# Stands in for tevatron.reranker's three drivers: the same flags, outputs of the same shape, a record of
-# the flags it got (calls.jsonl) and a skip when called again with the same flags.
+# Stands in for tevatron.reranker's three drivers: the same flags, outputs of the same shape and a skip
+# when called again with the same flags.
 STAND_IN = r'''
 import argparse, json, sys
 from pathlib import Path
@@ -32,7 +33,6 @@ from tevatron.data import list_data_files
 from tevatron.text_formats import iter_jsonl, read_run, write_jsonl, write_ranking
 
 driver, args = sys.argv[1], sys.argv[2:]
-Path(sys.argv[0]).with_name("calls.jsonl").open("a").write(json.dumps([driver] + args) + "\n")
 parser = argparse.ArgumentParser()
 for flag in ("output_dir", "train_dir", "run", "rerank_output", "rerank_depth"):
     parser.add_argument("--" + flag)
@@ -70,9 +70,13 @@ elif driver == "rerank":
         for qid, hits in run.items()])
 '''
 
+# PYTHON for the scripts: records a reranker driver's flags in calls.jsonl beside it, then runs the driver
+# ({reranker}: the real module, or the stand-in's "STAND_IN DRIVER ARGS...").
 WRAPPER = """#!/usr/bin/env bash
 if [[ $1 == -m && $2 == tevatron.reranker.driver.* ]]; then
-  exec {python} {stand_in} "${{2##*.}}" "${{@:3}}"
+  {python} -c 'import json, sys; open(sys.argv[1], "a").write(json.dumps(sys.argv[2:]) + "\\n")' \\
+    {calls} "${{2##*.}}" "${{@:3}}" || exit 1
+  exec {reranker}
 fi
 exec {python} "$@"
 """
@@ -92,10 +96,8 @@ def printed_folder(name: str, log: str, cwd: Path) -> Path:
     return cwd / match.group(1)
 
 
-@pytest.fixture(scope="module", params=["stand-in reranker", "real reranker"])
-def stage3_flow(request, tmp_path_factory):
-    if request.param == "real reranker" and not reranker_available():
-        pytest.skip("tevatron.reranker is not importable yet (it comes with the reranker branch)")
+@pytest.fixture(scope="module")
+def stage3_flow(tmp_path_factory):
     root = tmp_path_factory.mktemp("stage3")
     source = make_rocketqa(root / "rocketqa-small")
     model = make_tiny_bert(root / "tiny-bert")
@@ -104,14 +106,18 @@ def stage3_flow(request, tmp_path_factory):
     settings = dict(DATA=str(source), MODEL=str(model), N_SPLITS="2", DEPTH="20", TRAIN_EXTRA="--max_steps 2",
                     RERANKER_EPOCHS="1", RERANK_DEPTH="5", RERANK_P_MAX_LEN="40", DISTIL_INIT="stage1",
                     DISTIL_WEIGHT="0.5", DISTIL_TEMPERATURE="2")
-    if request.param == "stand-in reranker":
+    (root / "bin").mkdir()
+    calls = root / "bin" / "calls.jsonl"
+    if reranker_available():
+        reranker = f'{sys.executable} "$@"'
+    else:
         stand_in = root / "bin" / "stand_in_reranker.py"
-        stand_in.parent.mkdir()
         stand_in.write_text(STAND_IN)
-        wrapper = root / "bin" / "python"
-        wrapper.write_text(WRAPPER.format(python=sys.executable, stand_in=stand_in))
-        wrapper.chmod(0o755)
-        settings["PYTHON"] = str(wrapper)
+        reranker = f'{sys.executable} {stand_in} "${{2##*.}}" "${{@:3}}"'
+    wrapper = root / "bin" / "python"
+    wrapper.write_text(WRAPPER.format(python=sys.executable, calls=calls, reranker=reranker))
+    wrapper.chmod(0o755)
+    settings["PYTHON"] = str(wrapper)
     env = pipeline_env(**settings)
     logs = {"run.sh": check_ok(run_script("run.sh", env, work, "--all"), "run.sh --all")}
     out = out_folder(logs["run.sh"], work)
@@ -119,11 +125,11 @@ def stage3_flow(request, tmp_path_factory):
     logs["rerank.sh"] = check_ok(run_script("rerank.sh", env, work), "rerank.sh")
     logs["distil.sh"] = check_ok(run_script("distil.sh", env, work), "distil.sh")
     logs["distil.sh (again)"] = check_ok(run_script("distil.sh", env, work), "distil.sh again")
-    calls = root / "bin" / "calls.jsonl"
-    return {"kind": request.param, "work": work, "out": out, "logs": logs, "env": env,
+    return {"kind": "real reranker" if reranker_available() else "stand-in reranker", "work": work, "out": out,
+            "logs": logs, "env": env,
             "rerank_dir": printed_folder("RERANK_DIR", logs["rerank.sh"], work),
             "distil_dir": printed_folder("DISTIL_DIR", logs["distil.sh"], work),
-            "calls": [json.loads(line) for line in calls.read_text().splitlines()] if calls.is_file() else None}
+            "calls": [json.loads(line) for line in calls.read_text().splitlines()]}
 
 
 @pytest.mark.slow  # runs the pipeline scripts
@@ -192,8 +198,6 @@ def test_a_rerun_skips_every_finished_stage(stage3_flow):
 
 @pytest.mark.slow  # runs the pipeline scripts
 def test_the_scripts_pass_the_stage3_settings(stage3_flow):
-    if stage3_flow["calls"] is None:
-        pytest.skip("the real reranker records no calls")
     out = str(stage3_flow["out"].relative_to(stage3_flow["work"]))
     rerank_dir = str(stage3_flow["rerank_dir"].relative_to(stage3_flow["work"]))
     distil_dir = str(stage3_flow["distil_dir"].relative_to(stage3_flow["work"]))
