@@ -11,7 +11,7 @@ For each index row measured at ``passages`` (``--n`` of the bench), per shard of
     interpreter, torch and FAISS themselves (a few hundred MiB, measured by bench/scale.py) come on top;
   * build min: the measured build time scaled by passages (IVF's k-means trains on a fixed-size sample,
     so this over-states it; HNSW grows slightly faster than linear);
-  * search hours for each MS MARCO scenario, all shards one after another: queries / measured q/s,
+  * search minutes for each MS MARCO scenario, all shards one after another: queries / measured q/s,
     scaled linearly by passages per shard.  Exact search and IVF scan a fixed fraction of the passages,
     so linear is their model; HNSW grows ~logarithmically, so its figure is an upper bound.  The
     measured depth is 100; deeper rankings cost somewhat more (not modelled).
@@ -51,8 +51,8 @@ def projected_rows(rows: list[dict], target_passages: int, shards: int, dim: int
         index_bytes = row["bytes"] * scale
         scenarios = {}
         for name, queries, depth in SCENARIOS[1:]:  # the MS MARCO ones
-            hours = queries / row["qps"] * scale * shards / 3600
-            scenarios[name] = {"hours": hours, "process_gib": process_bytes(index_bytes, shard_passages, queries,
+            minutes = queries / row["qps"] * scale * shards / 60
+            scenarios[name] = {"minutes": minutes, "process_gib": process_bytes(index_bytes, shard_passages, queries,
                                                                               depth, dim) / GiB}
         projected.append({"index": row["index"], "knob": row["knob"], "recall@100": row["recall@100"],
                           "index_gib": index_bytes / GiB, "build_min": row["build_s"] * scale / 60,
@@ -71,11 +71,11 @@ def main(argv=None) -> int:
     print(f"measured at {measured:,d} {args.dataset} passages ({report.get('cpu', '?')}); projected to "
           f"{args.target_passages:,d} passages in {args.shards} shards of {shard_passages:,d}")
     names = [name for name, _, _ in SCENARIOS[1:]]
-    header = " | ".join(f"{name}: search h | process GiB" for name in names)
+    header = " | ".join(f"{name}: search min | process GiB" for name in names)
     print(f"| index | knob | recall@100 | index GiB/shard | build min/shard | {header} |")
     print("|---|---|---|---|---|" + "---|---|" * len(names))
     for row in projected_rows(rows, args.target_passages, args.shards, args.dim):
-        cells = " | ".join(f"{row['scenarios'][name]['hours']:.2f} | {row['scenarios'][name]['process_gib']:.1f}"
+        cells = " | ".join(f"{row['scenarios'][name]['minutes']:,.1f} | {row['scenarios'][name]['process_gib']:.1f}"
                            for name in names)
         print(f"| {row['index']} | {row['knob']} | {row['recall@100']:.3f} | {row['index_gib']:.2f} | "
               f"{row['build_min']:.1f} | {cells} |")

@@ -2,7 +2,7 @@
 
     python bench/search_throughput.py                         # exact at 100k and 1M, indexes at 1M: long
     python bench/search_throughput.py --sizes 100000 --queries 2000 --reducer_queries 1000 --skip_indexes
-    python bench/search_throughput.py --sizes 200000 --n 200000 --nlist 1024 --skip_reducer   # what the README ran
+    python bench/search_throughput.py --sizes 1000000 --depths 10 100 --skip_reducer --json runs/search_1m.json   # what the README ran
 
 Exact search: the fp32 matmul peak (bench/common.py: the best of torch.mm and oneDNN on 2048^3) is
 measured first, and each row gives the fraction of it our torch backend reached.  ``auto q/s`` is the
