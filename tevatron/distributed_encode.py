@@ -62,6 +62,8 @@ class EncodeJob:
         self.progress_store = dist.PrefixStore("tevatron_encode_progress", store)
         self.staging: Path | None = None
         self.stopped = False  # a checkpoint ended the job on every rank: no further checkpoint is held
+        self.exit_status: int | None = None  # the status every rank leaves with, once a checkpoint ended the job
+        self.bar = None  # rank 0's progress bar while one is drawn
 
     @property
     def is_main(self) -> bool:
@@ -96,15 +98,32 @@ class EncodeJob:
         if not failed:
             return [value for _, value in gathered]
         self.stopped = True
+        self.exit_status = EXIT_BAD_INPUT if failure is None or _is_user_error(failure) else 1
+        # One readable report on the shared stderr, in turns: rank 0's bar ends its line (the bar leaves
+        # no newline, so anything printed next would be glued to it), the ranks that hit a bug print
+        # their tracebacks, then rank 0 the one error line; all leave only after it (torchrun stops the
+        # others once one exits).
+        if self.bar is not None:
+            self.bar.close()
+        self._report_turn()
         if failure is not None and not _is_user_error(failure):
             traceback.print_exception(failure)
+        self._report_turn()
         if self.is_main:
             rank, (kind, message, is_user_error) = failed[0]
             error_exit(message if is_user_error else f"rank {rank} failed ({kind}: {message}); see its traceback")
+        self.cleanup()
+        self._report_turn()
+        # Leave at once, every rank together: a normal exit tears torch down for a while, and torchrun,
+        # seeing one rank gone, kills the slower one, whose status would then read as a SIGTERM.
+        sys.stdout.flush()
+        os._exit(self.exit_status)
+
+    @staticmethod
+    def _report_turn() -> None:
         sys.stderr.flush()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # a peer that died cannot hold the others up
             dist.barrier()
-        raise SystemExit(EXIT_BAD_INPUT if failure is None or _is_user_error(failure) else 1)
 
     def decide(self, decide: Callable[[], bool]) -> bool:
         """Rank 0's decision (e.g. whether the output is up to date), the same on every rank."""
@@ -171,6 +190,7 @@ class EncodeJob:
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc=f"encoding ({self.world_size} processes)", unit="text") if self.is_main else None
+        self.bar = bar
 
         def on_batch(n_done: int) -> None:
             encoded = self.progress_store.add("encoded", n_done)
@@ -182,6 +202,7 @@ class EncodeJob:
             if bar is not None:
                 bar.update(total - bar.n)
         finally:
+            self.bar = None
             if bar is not None:
                 bar.close()
 
@@ -189,6 +210,14 @@ class EncodeJob:
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
+
+
+def _on_sigterm(job: EncodeJob, signum: int) -> None:
+    if job.exit_status is None:
+        sys.exit(128 + signum)
+    job.cleanup()
+    sys.stderr.flush()
+    os._exit(job.exit_status)
 
 
 def _is_user_error(err: BaseException) -> bool:
@@ -219,8 +248,9 @@ def encode_job():
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
-    # torchrun stops the other processes with SIGTERM when one fails: exit through the clean-up below
-    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # torchrun stops the other processes with SIGTERM once one exits: leave through the clean-up below, or,
+    # once a checkpoint ended the job, at once with the status every rank shares
+    previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: _on_sigterm(job, signum))
     try:
         try:
             yield job
