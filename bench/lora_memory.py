@@ -1,12 +1,15 @@
-"""Peak memory of one training step, full fine-tuning vs LoRA, without and with gradient checkpointing, on a
-random ~100M-parameter decoder.
+"""Peak memory of one training step, full fine-tuning vs LoRA, plain, with gradient checkpointing and with
+GradCache, on a random ~100M-parameter decoder.
 
     python bench/lora_memory.py [--layers 12 --hidden 768 --queries 8 --passages 8 --q_len 32 --p_len 128]
 
-Each of the four variants (full / LoRA x gradient checkpointing off / on) runs in a fresh subprocess, built the
-way the train driver builds it (last-token pooling, the CPU kernels it picks, AdamW over the trainable
-parameters, checkpointing enabled through the call the HF Trainer makes), and takes one forward + backward +
-optimizer step.  Two measures of its peak:
+Each of the eight variants (full / LoRA x plain / gradient checkpointing / GradCache / both) runs in a fresh subprocess,
+built the way the train driver builds it (last-token pooling, the CPU kernels it picks, AdamW over the trainable
+parameters, checkpointing enabled through the call the HF Trainer makes, GradCache through the step the
+trainer takes for ``--grad_cache`` with ``--gc_q_chunk_size``/``--gc_p_chunk_size``), and takes one forward +
+backward + optimizer step.  Which memory LoRA can remove: the gradients and AdamW state of the frozen weights.
+What it cannot: the weights and the activations.  Gradient checkpointing and GradCache bound the activations
+(GradCache to one chunk's graph), which is where LoRA's share shows.  Two measures of its peak:
 
 * **tensor memory** (the headline): every tensor storage the step holds, counted exactly.  A
   ``TorchDispatchMode`` sees the output of every aten op (custom autograd functions and oneDNN kernels
@@ -39,7 +42,9 @@ import weakref
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = [("full", False), ("lora", False), ("full", True), ("lora", True)]
+MODES = {"plain": "", "checkpointing": " +checkpointing", "grad_cache": " +GradCache",
+         "grad_cache+checkpointing": " +GradCache +checkpointing"}
+VARIANTS = [(variant, mode) for mode in MODES for variant in ("full", "lora")]
 CATEGORIES = ["parameters", "gradients", "optimizer", "forward", "backward"]
 
 
@@ -105,12 +110,13 @@ def tensor_memory_tracker():
     return TensorMemory()
 
 
-def one_step(folder: str, lora: bool, checkpointing: bool, args) -> dict:
+def one_step(folder: str, lora: bool, mode: str, args) -> dict:
     """Runs in the child: one training step under the tracker, then the peaks."""
     import torch
 
     from tevatron.arguments import ModelArguments
     from tevatron.cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
+    from tevatron.gradcache import grad_cache_step
     from tevatron.modeling import DenseModel
 
     torch.manual_seed(0)
@@ -118,7 +124,7 @@ def one_step(folder: str, lora: bool, checkpointing: bool, args) -> dict:
                                             lora_alpha=2 * args.lora_r, lora_dropout=args.lora_dropout))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).train()
-    if checkpointing:  # the call the HF Trainer makes for --gradient_checkpointing
+    if "checkpointing" in mode:  # the call the HF Trainer makes for --gradient_checkpointing
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=None, every_n_layers=1, offload=False)
     if device.type == "cpu":
         use_onednn_linear(model, "auto")
@@ -138,10 +144,16 @@ def one_step(folder: str, lora: bool, checkpointing: bool, args) -> dict:
     for parameter in trainable:
         parameter.register_post_accumulate_grad_hook(lambda p: tracker.recategorize(p.grad, "gradients"))
     with tracker:
-        loss = model(query=query, passage=passage)["loss"]
-        tracker.phase = "backward"
-        saved_by_forward = tracker.by_category["forward"]
-        loss.backward()
+        if mode.startswith("grad_cache"):  # the trainer's --grad_cache step: forward and backward alternate chunk by
+            tracker.phase = "backward"  # chunk inside it, so all its activations count as the backward's
+            grad_cache_step(model, query, passage, args.gc_q_chunk_size, args.gc_p_chunk_size,
+                            compute_loss=model.compute_loss)
+            saved_by_forward = 0
+        else:
+            loss = model(query=query, passage=passage)["loss"]
+            tracker.phase = "backward"
+            saved_by_forward = tracker.by_category["forward"]
+            loss.backward()
         tracker.phase = "optimizer"
         optimizer.step()
     optimizer_state = sum(t.untyped_storage().nbytes() for state in optimizer.state.values()
@@ -169,13 +181,15 @@ def main() -> None:
     parser.add_argument("--p_len", type=int, default=128)
     parser.add_argument("--lora_r", type=int, default=16)
     parser.add_argument("--lora_dropout", type=float, default=0.1, help="as the train driver's default")
+    parser.add_argument("--gc_q_chunk_size", type=int, default=4, help="as the train driver's default")
+    parser.add_argument("--gc_p_chunk_size", type=int, default=8, help="passages per GradCache chunk")
     parser.add_argument("--mmap_threshold", type=int, default=None,
                         help="MALLOC_MMAP_THRESHOLD_ for the children (glibc): a fixed threshold, see above")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--child", nargs=3, metavar=("FOLDER", "VARIANT", "CHECKPOINTING"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("FOLDER", "VARIANT", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(one_step(args.child[0], args.child[1] == "lora", args.child[2] == "1", args)))
+        print(json.dumps(one_step(args.child[0], args.child[1] == "lora", args.child[2], args)))
         return
     env = dict(os.environ)
     if args.mmap_threshold is not None:
@@ -184,15 +198,15 @@ def main() -> None:
         n_parameters = build_decoder(Path(folder), args)
         print(f"random Llama decoder: {n_parameters / 1e6:.1f}M parameters, {args.layers} layers, hidden "
               f"{args.hidden}; one step (forward, backward, AdamW) of {args.queries} queries x {args.passages} "
-              f"passages (lengths {args.q_len}/{args.p_len}); LoRA r={args.lora_r} dropout {args.lora_dropout}"
+              f"passages (lengths {args.q_len}/{args.p_len}); LoRA r={args.lora_r} dropout {args.lora_dropout}; "
+              f"GradCache chunks {args.gc_q_chunk_size} queries / {args.gc_p_chunk_size} passages"
               + (f"; MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if args.mmap_threshold is not None else ""),
               flush=True)
         results = {}
-        for variant, checkpointing in VARIANTS:
-            name = f"{variant}{' +checkpointing' if checkpointing else ''}"
-            child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", folder, variant,
-                                    "1" if checkpointing else "0"], capture_output=True, text=True, cwd=REPO_ROOT,
-                                   env=env)
+        for variant, mode in VARIANTS:
+            name = f"{variant}{MODES[mode]}"
+            child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", folder, variant, mode],
+                                   capture_output=True, text=True, cwd=REPO_ROOT, env=env)
             if child.returncode != 0:
                 sys.exit(f"{name} failed:\n{child.stderr[-3000:]}")
             results[name] = result = json.loads(child.stdout.strip().splitlines()[-1])
@@ -205,9 +219,9 @@ def main() -> None:
                   f"{result['gradients_mib']:,.0f}, AdamW state {result['optimizer_state_mib']:,.0f}, kept by "
                   f"the forward pass {result['saved_by_forward_mib']:,.0f} MiB; "
                   f"{result['trainable']:,} trainable parameters", flush=True)
-        for suffix, label in (("", "without"), (" +checkpointing", "with")):
+        for mode, suffix in MODES.items():
             full, lora = results[f"full{suffix}"], results[f"lora{suffix}"]
-            print(f"LoRA / full {label} gradient checkpointing: tensor peak "
+            print(f"LoRA / full, {mode.replace('_', ' ')}: tensor peak "
                   f"{lora['peak_mib'] / full['peak_mib']:.2f}, peak RSS "
                   f"{lora['peak_rss_mib'] / full['peak_rss_mib']:.2f}"
                   + (f", CUDA peak {lora['cuda_peak_mib'] / full['cuda_peak_mib']:.2f}" if "cuda_peak_mib" in full

@@ -179,6 +179,40 @@ def test_lora_gradient_checkpointing_as_the_trainer_enables_it(tiny_decoder_dir)
     assert any(g.abs().sum() > 0 for g in grads[True].values())
 
 
+def test_lora_grad_cache_with_gradient_checkpointing_gives_the_plain_gradients(tiny_decoder_dir):
+    """--grad_cache with --gradient_checkpointing and --lora (the lowest-memory combination, bench/lora_memory.py):
+    each chunk's re-forward is checkpointed inside GradCache's.  Without dropout the adapter gets the plain
+    step's gradients however the batch is chunked; with LoRA dropout on, checkpointing replays the masks
+    GradCache replays, so adding it changes nothing."""
+    from tevatron.gradcache import grad_cache_step
+
+    tokenizer = load_tokenizer(str(tiny_decoder_dir))
+    batch = make_batch(tokenizer, toy_groups(4))
+
+    def step(dropout: float, grad_cache: bool, checkpointing: bool):
+        torch.manual_seed(0)  # the same adapter initialisation, then the same dropout draws
+        model = build_model(tiny_decoder_dir, lora=True, lora_r=4, lora_dropout=dropout).double()  # chunking
+        model.train()  # reorders sums: in float64 that leaves ~1e-15, not float32's ~1e-6 of the gradient
+        if checkpointing:  # what Trainer passes for --gradient_checkpointing
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=None, every_n_layers=1, offload=False)
+        model.zero_grad()
+        if grad_cache:
+            loss = grad_cache_step(model, batch["query"], batch["passage"], 3, 5, model.compute_loss)
+        else:
+            loss = model(query=batch["query"], passage=batch["passage"])["loss"]
+            loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    for dropout, reference in ((0.0, dict(grad_cache=False, checkpointing=False)),
+                               (0.1, dict(grad_cache=True, checkpointing=False))):
+        loss, grads = step(dropout, **reference)
+        combined_loss, combined = step(dropout, grad_cache=True, checkpointing=True)
+        assert torch.allclose(combined_loss, loss, atol=1e-10), dropout
+        assert grads.keys() == combined.keys()
+        assert all(torch.allclose(combined[n], grads[n], atol=1e-10, rtol=1e-7) for n in grads), dropout
+        assert any(g.abs().sum() > 0 for g in combined.values())
+
+
 def test_lora_adapter_saves_a_new_identity_each_time(tiny_bert_dir, tmp_path):
     from tevatron.provenance import model_identity
 
