@@ -55,7 +55,8 @@ HN_LR=${HN_LR:-}                # [LR] learning rate, stage 2
 HN_EPOCHS=${HN_EPOCHS:-}        # [EPOCHS | 1] epochs, stage 2
 # stage 3: reranking and distillation (rerank.sh, distil.sh)
 RERANKER_MODEL=${RERANKER_MODEL:-}  # [MODEL] starting model of the cross-encoder (a BERT-like folder; a fresh score head)
-RERANKER_LR=${RERANKER_LR:-}    # [2e-5 | 3e-5] learning rate, reranker
+RERANKER_LR=${RERANKER_LR:-}    # [2e-5 | 6e-5] learning rate, reranker
+RERANKER_HEAD_LR=${RERANKER_HEAD_LR:-}  # [RERANKER_LR | 1e-3] learning rate of its score head (fresh on a retriever checkpoint)
 RERANKER_EPOCHS=${RERANKER_EPOCHS:-}  # [1 | 2] epochs, reranker (on $OUT/train-hn, the stage-2 training groups)
 RERANKER_BATCH=${RERANKER_BATCH:-}  # [BATCH] queries per device per step, reranker
 RERANKER_N_PASSAGES=${RERANKER_N_PASSAGES:-}  # [N_PASSAGES] passages per query in the reranker's listwise loss
@@ -112,7 +113,8 @@ if [[ $PROFILE == quick ]]; then   # tuned for SciFact-sized data with all-MiniL
   SKIP_TOP=${SKIP_TOP:-3}
   HN_INIT=${HN_INIT:-stage1}
   HN_EPOCHS=${HN_EPOCHS:-1}
-  RERANKER_LR=${RERANKER_LR:-3e-5}
+  RERANKER_LR=${RERANKER_LR:-6e-5}
+  RERANKER_HEAD_LR=${RERANKER_HEAD_LR:-1e-3}  # a fresh head at 3e-5 barely moves in 200 steps
   RERANKER_EPOCHS=${RERANKER_EPOCHS:-2}
   RERANK_P_MAX_LEN=${RERANK_P_MAX_LEN:-224}   # a pair of 256 tokens, as the corpus is encoded
   DISTIL_INIT=${DISTIL_INIT:-stage1}
@@ -146,6 +148,7 @@ HN_LR=${HN_LR:-$LR}
 HN_EPOCHS=${HN_EPOCHS:-$EPOCHS}
 RERANKER_MODEL=${RERANKER_MODEL:-$MODEL}
 RERANKER_LR=${RERANKER_LR:-2e-5}
+RERANKER_HEAD_LR=${RERANKER_HEAD_LR:-$RERANKER_LR}
 RERANKER_EPOCHS=${RERANKER_EPOCHS:-1}
 RERANKER_BATCH=${RERANKER_BATCH:-$BATCH}
 RERANKER_N_PASSAGES=${RERANKER_N_PASSAGES:-$N_PASSAGES}

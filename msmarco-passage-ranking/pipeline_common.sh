@@ -27,7 +27,7 @@ RESULT_SETTINGS=(DATA MODEL TOKENIZER POOLING NORMALIZE TEMPERATURE LR EPOCHS BA
 # Stage 3 nests in OUT, one folder per configuration, so its settings never move stages 1 and 2: the
 # reranker's folder RERANK_DIR=$OUT/rerank-<hash of RERANK_SETTINGS>, distillation's
 # DISTIL_DIR=$RERANK_DIR/distil-<hash of DISTIL_SETTINGS> (it learns from that reranker). RERANK_BATCH is speed only.
-RERANK_SETTINGS=(RERANKER_MODEL RERANKER_LR RERANKER_EPOCHS RERANKER_BATCH RERANKER_N_PASSAGES RERANK_DEPTH
+RERANK_SETTINGS=(RERANKER_MODEL RERANKER_LR RERANKER_HEAD_LR RERANKER_EPOCHS RERANKER_BATCH RERANKER_N_PASSAGES RERANK_DEPTH
                  RERANK_P_MAX_LEN)
 DISTIL_SETTINGS=(DISTIL_INIT DISTIL_TEMPERATURE DISTIL_WEIGHT DISTIL_LR DISTIL_EPOCHS)
 # Result settings hashed only when set, so the OUT of a configuration that leaves them empty keeps its hash.
@@ -373,7 +373,8 @@ check_stage2_model() {
 # an interrupted one.
 train_reranker() {
   "$PYTHON" -m tevatron.reranker.driver.train --output_dir "$RERANK_DIR/reranker" --model_name_or_path "$RERANKER_MODEL" \
-    --train_dir "$OUT/train-hn" --learning_rate "$RERANKER_LR" --num_train_epochs "$RERANKER_EPOCHS" \
+    --train_dir "$OUT/train-hn" --learning_rate "$RERANKER_LR" --head_learning_rate "$RERANKER_HEAD_LR" \
+    --num_train_epochs "$RERANKER_EPOCHS" \
     --per_device_train_batch_size "$RERANKER_BATCH" --train_n_passages "$RERANKER_N_PASSAGES" \
     --q_max_len "$Q_MAX_LEN" --p_max_len "$RERANK_P_MAX_LEN" --seed "$SEED" \
     --save_steps "$SAVE_STEPS" --logging_steps "$LOGGING_STEPS" --dataloader_num_workers "$WORKERS" $PRECISION

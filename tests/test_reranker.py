@@ -237,9 +237,45 @@ def test_train_learns_and_records_its_provenance(tiny_bert_dir, tmp_path):
     changed = run_module(*command[:-2], "--learning_rate", "2e-3", "--cache_dir", tmp_path / "cache")
     assert changed.returncode == 2 and error_lines(changed.stderr)[0].endswith(
         "learning_rate: 0.001 -> 0.002); use --overwrite_output_dir to retrain into it, or another --output_dir")
+    head_rate = run_module(*command, "--head_learning_rate", "1e-2")
+    assert head_rate.returncode == 2 and error_lines(head_rate.stderr)[0].endswith(
+        "head_learning_rate: null -> 0.01); use --overwrite_output_dir to retrain into it, or another --output_dir")
     retrained = run_module(*command, "--overwrite_output_dir")
     assert retrained.returncode == 0, retrained.stderr[-3000:]
     assert model_identity(tmp_path / "model") != first  # downstream reranked runs see the new model
+
+
+def test_head_learning_rate_gives_the_score_head_its_own_rate(tiny_reranker_dir, tmp_path):
+    from tevatron.reranker.arguments import RerankerTrainingArguments
+    from tevatron.reranker.modeling import load_cross_encoder
+    from tevatron.reranker.trainer import RerankerTrainer
+
+    def optimizer_rates(**extra):
+        model = load_cross_encoder(tiny_reranker_dir)
+        args = RerankerTrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=1e-4, weight_decay=0.01,
+                                         report_to="none", **extra)
+        trainer = RerankerTrainer(model=model, args=args)
+        optimizer = trainer.create_optimizer()
+        names = {id(p): n for n, p in model.named_parameters()}
+        placed = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+        assert sorted(placed) == sorted(n for n, p in model.named_parameters() if p.requires_grad)  # each once
+        rates = {names[id(p)]: group["lr"] for group in optimizer.param_groups for p in group["params"]}
+        decays = {names[id(p)]: group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+        trainer.create_scheduler(num_training_steps=10, optimizer=optimizer)
+        for _ in range(3):  # warmup: the schedule scales both groups alike
+            optimizer.step()  # no gradients: moves nothing
+            trainer.lr_scheduler.step()
+        later = {names[id(p)]: group["lr"] for group in optimizer.param_groups for p in group["params"]}
+        return rates, decays, later
+
+    rates, decays, later = optimizer_rates(head_learning_rate=1e-2)
+    head = {name for name in rates if name.startswith("classifier.")}
+    assert head == {"classifier.weight", "classifier.bias"}
+    assert {rates[name] for name in head} == {1e-2} and {rates[n] for n in rates if n not in head} == {1e-4}
+    assert decays["classifier.weight"] == 0.01 and decays["classifier.bias"] == 0.0  # HF's decay split kept
+    assert later["classifier.weight"] / later["bert.pooler.dense.weight"] == pytest.approx(100)
+    plain, _, _ = optimizer_rates()
+    assert set(plain.values()) == {1e-4}
 
 
 STOPPED_TRAINING = stopped_training_script("tevatron.reranker.driver.train")

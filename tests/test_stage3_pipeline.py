@@ -221,14 +221,14 @@ def test_the_scripts_pass_the_stage3_settings(stage3_flow):
 
 # --------------------------------------------------------------------------- settings, regression file
 def test_stage3_settings_have_profile_defaults(tmp_path):
-    names = ("RERANKER_MODEL", "RERANKER_LR", "RERANKER_EPOCHS", "RERANK_DEPTH", "RERANK_P_MAX_LEN", "DISTIL_INIT",
+    names = ("RERANKER_MODEL", "RERANKER_LR", "RERANKER_HEAD_LR", "RERANKER_EPOCHS", "RERANK_DEPTH", "RERANK_P_MAX_LEN", "DISTIL_INIT",
              "DISTIL_TEMPERATURE", "DISTIL_WEIGHT", "DISTIL_LR", "DISTIL_EPOCHS")
     assert shell_settings(names, {}) == {
-        "RERANKER_MODEL": "bert-base-uncased", "RERANKER_LR": "2e-5", "RERANKER_EPOCHS": "1", "RERANK_DEPTH": "100",
+        "RERANKER_MODEL": "bert-base-uncased", "RERANKER_LR": "2e-5", "RERANKER_HEAD_LR": "2e-5", "RERANKER_EPOCHS": "1", "RERANK_DEPTH": "100",
         "RERANK_P_MAX_LEN": "128", "DISTIL_INIT": "initial", "DISTIL_TEMPERATURE": "1", "DISTIL_WEIGHT": "0",
         "DISTIL_LR": "5e-6", "DISTIL_EPOCHS": "2"}
     assert shell_settings(names, {"PROFILE": "quick"}) == {
-        "RERANKER_MODEL": "all-MiniLM-L6-v2", "RERANKER_LR": "3e-5", "RERANKER_EPOCHS": "2", "RERANK_DEPTH": "100",
+        "RERANKER_MODEL": "all-MiniLM-L6-v2", "RERANKER_LR": "6e-5", "RERANKER_HEAD_LR": "1e-3", "RERANKER_EPOCHS": "2", "RERANK_DEPTH": "100",
         "RERANK_P_MAX_LEN": "224", "DISTIL_INIT": "stage1", "DISTIL_TEMPERATURE": "1", "DISTIL_WEIGHT": "0.2",
         "DISTIL_LR": "2e-5", "DISTIL_EPOCHS": "2"}
 
@@ -247,7 +247,8 @@ def test_stage3_settings_name_nested_folders_and_never_move_stages_1_and_2(tmp_p
     assert re.fullmatch(re.escape(base["OUT"]) + r"/rerank-[0-9a-f]{8}", base["RERANK_DIR"])
     assert re.fullmatch(re.escape(base["RERANK_DIR"]) + r"/distil-[0-9a-f]{8}", base["DISTIL_DIR"])
     # a reranker setting: a new reranker folder (and so new distillation folders), stages 1 and 2 stay
-    for name, value in (("RERANKER_LR", "1e-5"), ("RERANKER_MODEL", str(marco)), ("RERANKER_EPOCHS", "3"),
+    for name, value in (("RERANKER_LR", "1e-5"), ("RERANKER_HEAD_LR", "1e-2"), ("RERANKER_MODEL", str(marco)),
+                        ("RERANKER_EPOCHS", "3"),
                         ("RERANKER_BATCH", "4"), ("RERANKER_N_PASSAGES", "4"), ("RERANK_DEPTH", "50"),
                         ("RERANK_P_MAX_LEN", "64")):
         moved = folders(**{name: value})

@@ -66,9 +66,14 @@ class RerankerTrainingArguments(TrainingArguments):
     warmup_ratio: float = field(default=0.1)
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "train into a non-empty output directory (otherwise its last checkpoint is resumed)"})
+    head_learning_rate: float | None = field(default=None, metadata={
+        "help": "learning rate of the score head (the parameters outside the backbone); default --learning_rate. "
+                "A fresh head on a retriever checkpoint learns slowly at the backbone's rate: e.g. 1e-3"})
 
     def __post_init__(self):
         check_ranges(self, RUN_BOUNDS)
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ValueError(f"--head_learning_rate must be > 0, not {self.head_learning_rate}")
         resolve_mixed_precision(self)
         if not self.warmup_steps and self.warmup_ratio:
             self.warmup_steps = min(float(self.warmup_ratio), 0.999999)  # transformers 5 reads (0, 1) as a ratio

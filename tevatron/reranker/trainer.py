@@ -31,6 +31,25 @@ class RerankerTrainer(TevatronTrainer):
     def _training_step(self, model, inputs, num_items_in_batch=None):
         return Trainer.training_step(self, model, inputs, num_items_in_batch)
 
+    def create_optimizer(self, model=None):
+        """HF's optimizer, with the score head moved into groups of its own at ``--head_learning_rate``
+        when given (the learning-rate schedule then scales every group alike)."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if not fresh or self.args.head_learning_rate is None:
+            return optimizer
+        head_ids = {id(p) for _, p in head_parameters(self.model if model is None else model)}
+        for group in list(optimizer.param_groups):
+            head = [p for p in group["params"] if id(p) in head_ids]
+            if not head:
+                continue
+            group["params"] = [p for p in group["params"] if id(p) not in head_ids]
+            if not group["params"]:
+                optimizer.param_groups.remove(group)
+            optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": head,
+                                       "lr": self.args.head_learning_rate})
+        return optimizer
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
@@ -42,6 +61,16 @@ class RerankerTrainer(TevatronTrainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         Trainer._load_from_checkpoint(self, resume_from_checkpoint, model)
+
+
+def head_parameters(model) -> list:
+    """The trainable ``(name, parameter)`` pairs of the score head: what lies outside the model's backbone
+    (``base_model_prefix``): BERT's ``classifier``, Llama's ``score`` (BERT's pooler is backbone)."""
+    prefix = model.base_model_prefix + "."
+    head = [(name, p) for name, p in model.named_parameters() if p.requires_grad and not name.startswith(prefix)]
+    if not head:
+        raise ValueError(f"no trainable parameters outside the backbone ({model.base_model_prefix}): no head")
+    return head
 
 
 def reranker_training_provenance(model_args, data_args, training_args) -> dict:
@@ -63,4 +92,6 @@ def reranker_training_provenance(model_args, data_args, training_args) -> dict:
         record["cpu_dropout"] = model_args.cpu_dropout
     record.update({name: _json_value(getattr(training_args, name, None)) for name in _RESULT_TRAINING_ARGUMENTS
                    if name != "negatives_x_device"})
+    if training_args.head_learning_rate is not None:  # recorded only when given: older records stay valid
+        record["head_learning_rate"] = training_args.head_learning_rate
     return json.loads(json.dumps(record))
