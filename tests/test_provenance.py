@@ -3,6 +3,7 @@ a result-changing argument changed since its output was written (saying what cha
 and skips it when nothing did."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import torch
 
 from conftest import make_tiny_bert
 from helpers import run_module, toy_corpus, write_jsonl
-from test_preprocess import TOKENIZER, make_marco, marco_data, write_ranking_file  # noqa: F401 (fixture)
+from test_preprocess import TOKENIZER, make_beir, make_marco, marco_data, write_ranking_file  # noqa: F401 (fixture)
 from tevatron import provenance
 from tevatron.driver import encode
 from tevatron.faiss_retriever import reducer, retriever
@@ -31,6 +32,21 @@ def touch_later(path: Path) -> None:
     """Give ``path`` a later modification time, as rewriting it would."""
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+
+
+def change_content(path: Path) -> None:
+    """Rewrite text file ``path`` with other content of the same size (its lines reversed), as a real
+    change of an input would; a later time too, as the file system's clock may not have moved."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(set(lines)) > 1 and lines[-1].endswith(b"\n")
+    path.write_bytes(b"".join(reversed(lines)))
+    touch_later(path)
+
+
+def copy_in_place(path: Path) -> None:
+    """Rewrite ``path`` with the very same bytes and a new time, as ``cp`` or a re-download would."""
+    path.write_bytes(path.read_bytes())
+    touch_later(path)
 
 
 def stamp(output: Path) -> int:
@@ -111,6 +127,143 @@ def test_folder_outputs_resume_only_a_run_from_the_same_record(tmp_path):
     assert not provenance.folder_up_to_date(folder, {"a": 2})
 
 
+# --------------------------------------------------------------------------- content digests
+def made_from(tmp_path, content: bytes = b"a\tb\nc\td\n") -> tuple:
+    """An input, an output with a sidecar record naming it, and the output's up-to-date check."""
+    source, output = tmp_path / "in.tsv", tmp_path / "out.tsv"
+    source.write_bytes(content)
+    output.write_text("made\n")
+
+    def check() -> bool:
+        return provenance.up_to_date(output, {"inputs": [provenance.file_identity(source)], "depth": 3},
+                                     provenance.read_file_record)
+
+    provenance.write_file_record(output, {"inputs": [provenance.file_identity(source)], "depth": 3})
+    return source, output, check
+
+
+def sidecar(output: Path) -> dict:
+    return json.loads(provenance.file_record_path(output).read_text())
+
+
+def content_unchanged_line(source: Path) -> str:
+    return f"{source.resolve()}: modification time changed, content unchanged (sha256); treated as the same input"
+
+
+def test_an_input_rewritten_with_the_same_content_is_the_same_input(tmp_path, caplog):
+    source, output, check = made_from(tmp_path)
+    assert sidecar(output)["provenance"]["inputs"][0]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    before = (output.stat().st_mtime_ns, sidecar(output)["output"])
+    copy_in_place(source)
+    with caplog.at_level(logging.INFO):
+        assert check()
+    assert content_unchanged_line(source) in caplog.messages and "is up to date" in caplog.text
+    assert (output.stat().st_mtime_ns, sidecar(output)["output"]) == before and output.read_text() == "made\n"
+    # The record now holds the new time: the next check is a stat again, no hashing and no such line.
+    assert sidecar(output)["provenance"]["inputs"][0]["mtime_ns"] == source.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert check()
+    assert content_unchanged_line(source) not in caplog.messages
+
+
+def test_an_input_with_other_content_of_the_same_size_is_a_change(tmp_path, caplog):
+    source, output, check = made_from(tmp_path)
+    assert "sha256" in sidecar(output)["provenance"]["inputs"][0]   # redone for the digest, not for its absence
+    change_content(source)
+    with caplog.at_level(logging.INFO):
+        assert not check()
+    assert "inputs changed since" in caplog.text and "inputs.0.mtime_ns:" in caplog.text
+    assert "content unchanged" not in caplog.text and "sha256" not in caplog.text
+
+
+def test_an_input_changed_during_the_stage_is_recorded_without_digest(tmp_path):
+    source, steady, output = tmp_path / "in.tsv", tmp_path / "steady.tsv", tmp_path / "out.tsv"
+    source.write_text("a\tb\nc\td\n")
+    steady.write_text("e\tf\n")
+    wanted = {"inputs": [provenance.file_identity(source), provenance.file_identity(steady)]}  # before the work
+    copy_in_place(source)                                        # ... during which one input is rewritten
+    output.write_text("made\n")
+    provenance.write_file_record(output, wanted)
+    recorded = sidecar(output)["provenance"]["inputs"]
+    assert "sha256" not in recorded[0] and "sha256" in recorded[1]
+    assert not provenance.up_to_date(output, {"inputs": [provenance.file_identity(source),
+                                                         provenance.file_identity(steady)]},
+                                     provenance.read_file_record)
+
+
+def test_records_of_older_versions_gain_digests_at_the_next_up_to_date_check(tmp_path, caplog):
+    source, output, check = made_from(tmp_path)
+    old = sidecar(output)
+    del old["provenance"]["inputs"][0]["sha256"]                 # as the previous version wrote it
+    provenance.file_record_path(output).write_text(json.dumps(old))
+    output_before = (output.read_bytes(), output.stat().st_mtime_ns)
+    assert check()
+    assert sidecar(output)["provenance"]["inputs"][0]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert sidecar(output)["output"] == old["output"] and (output.read_bytes(), output.stat().st_mtime_ns) == \
+        output_before
+    # Without a recorded digest a new time is a change, as before.
+    provenance.file_record_path(output).write_text(json.dumps(old))
+    copy_in_place(source)
+    with caplog.at_level(logging.INFO):
+        assert not check()
+    assert "inputs changed since" in caplog.text
+
+
+def test_folder_records_and_resumes_follow_the_content(tmp_path, caplog):
+    source = tmp_path / "in.tsv"
+    source.write_text("a\tb\nc\td\n")
+    folder = tmp_path / "out"
+
+    def wanted():
+        return {"input": provenance.file_identity(source), "n": 2}
+
+    assert provenance.begin_folder_output(folder, wanted(), "split*.json") == []
+    assert "sha256" in json.loads((folder / provenance.STARTED_FILE).read_text())["provenance"]["input"]
+    (folder / "split00.json").write_text("{}\n")
+    copy_in_place(source)                                          # re-provisioned while interrupted
+    assert provenance.begin_folder_output(folder, wanted(), "split*.json") == [folder / "split00.json"]
+    provenance.finish_folder_output(folder, wanted(), {"splits": 1})
+    copy_in_place(source)
+    with caplog.at_level(logging.INFO):
+        assert provenance.folder_up_to_date(folder, wanted())
+    assert content_unchanged_line(source) in caplog.messages
+    record = provenance.read_folder_record(folder)
+    assert record["stats"] == {"splits": 1} and record["provenance"]["input"]["mtime_ns"] == source.stat().st_mtime_ns
+    change_content(source)
+    assert not provenance.folder_up_to_date(folder, wanted())
+
+
+def test_a_checkpoint_of_a_run_on_copied_data_is_resumed(tmp_path):
+    from tevatron.trainer import checkpoint_to_resume, mark_checkpoint_complete
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"query": [1]}\n{"query": [2]}\n')
+
+    def wanted():
+        return {"training data": {"files": [provenance.file_identity(data)]}, "learning_rate": 0.001}
+
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    mark_checkpoint_complete(checkpoint, 2, wanted())
+    copy_in_place(data)
+    assert checkpoint_to_resume(str(tmp_path / "out"), wanted()) == str(checkpoint)
+    change_content(data)
+    with pytest.raises(InputError, match=r"interrupted run with other inputs \(training data changed\)"):
+        checkpoint_to_resume(str(tmp_path / "out"), wanted())
+
+
+def test_digests_never_make_records_differ():
+    identity = {"path": "/nowhere/x", "bytes": 3, "mtime_ns": 5}
+    recorded = {"inputs": [{**identity, "sha256": "ab"}], "made_from": {"file": {**identity, "sha256": "cd"}}}
+    assert provenance.same_record(recorded, {"inputs": [identity], "made_from": {"file": identity}})
+    moved = {**identity, "mtime_ns": 6}
+    assert provenance.same_record(recorded["made_from"], {"file": {**moved, "sha256": "cd"}})  # both carry one
+    assert not provenance.same_record(recorded["made_from"], {"file": {**moved, "sha256": "ef"}})
+    assert not provenance.same_record(recorded, {"inputs": [moved], "made_from": {"file": identity}})
+
+
 # --------------------------------------------------------------------------- encoding
 def encode_argv(model, in_path: Path, output: Path, *extra) -> list[str]:
     return ["--output_dir", str(output.parent), "--model_name_or_path", str(model), "--encode_in_path", str(in_path),
@@ -172,7 +325,8 @@ def test_encoding_is_redone_when_the_model_or_the_input_changed(tiny_bert_dir, t
     assert rerun(caplog, output, lambda: run(tiny_bert_dir)) == "redone"
     assert "inputs changed since" in caplog.text
     record = encodings_provenance(output)
-    assert record["inputs"] == [provenance.file_identity(in_path)] and record["side"] == "passage"
+    assert record["inputs"] == [provenance.with_digests(provenance.file_identity(in_path))]
+    assert record["side"] == "passage"
 
 
 # --------------------------------------------------------------------------- search and reduction
@@ -216,7 +370,7 @@ def test_search_is_redone_when_an_input_or_argument_changed(encodings, tmp_path,
     if change == "query encodings":     # re-encoded with another model: same ids, other vectors
         save_encodings(encodings["queries"], torch.ones(7, 8), [f"q{i}" for i in range(7)], {"model": "B"})
     elif change == "passage encodings":
-        touch_later(encodings["shards"][1])
+        save_encodings(encodings["shards"][1], torch.ones(40, 8), [f"p1-{i}" for i in range(40)], {"model": "A"})
     elif change == "backend":  # both backends give the same ranking: recorded as "exact", not by name
         extra = ("--backend", "faiss")
     elif change == "batch size":
@@ -228,7 +382,7 @@ def test_search_is_redone_when_an_input_or_argument_changed(encodings, tmp_path,
     assert rerun(caplog, output, lambda: search(encodings["queries"], passages, output, "--depth", 5,
                                                 *extra)) == expected
     record = load_shard_ranking(output)["provenance"]
-    assert record["queries"]["file"] == provenance.file_identity(encodings["queries"])
+    assert record["queries"]["file"] == provenance.with_digests(provenance.file_identity(encodings["queries"]))
     assert [shard["file"]["path"] for shard in record["passages"]] == [str(p.resolve()) for p in encodings["shards"]]
 
 
@@ -253,7 +407,10 @@ def test_reduction_is_redone_when_a_shard_changed_and_refuses_stale_shards(encod
     assert rerun(caplog, output, reduce) == "skipped"
     assert rerun(caplog, output, lambda: reduce("--depth", 3)) == "redone"
     assert {len(hits) for hits in read_run(output).values()} == {3}
+    # Searched again to the same result (same bytes, new time): still the same shard.
     search(encodings["queries"], encodings["shards"][1], score_dir / "corpus.1.rank.pt", "--depth", 5, "--overwrite")
+    assert rerun(caplog, output, lambda: reduce("--depth", 3)) == "skipped"
+    search(encodings["queries"], encodings["shards"][1], score_dir / "corpus.1.rank.pt", "--depth", 4)
     assert rerun(caplog, output, lambda: reduce("--depth", 3)) == "redone"
     # Queries re-encoded, but only shard 0 searched again: merging would mix two query encodings.
     save_encodings(encodings["queries"], torch.ones(7, 8), [f"q{i}" for i in range(7)], {"model": "B"})
@@ -278,7 +435,7 @@ def test_tokenized_queries_are_redone_when_tokenizer_length_or_input_changed(tin
     assert all(len(json.loads(line)["text"]) <= 2 for line in output.open())
     assert rerun(caplog, output, lambda: run(TOKENIZER, "--q_max_len", "2")) == "skipped"
     assert rerun(caplog, output, lambda: run(tiny_bert_dir, "--q_max_len", "2")) == "redone"
-    touch_later(queries)
+    change_content(queries)
     assert rerun(caplog, output, lambda: run(tiny_bert_dir, "--q_max_len", "2")) == "redone"
     assert rerun(caplog, output, lambda: run(tiny_bert_dir, "--q_max_len", "2", "--overwrite")) == "redone"
 
@@ -293,7 +450,7 @@ def test_tokenized_passages_are_redone_when_an_input_or_argument_changed(tiny_be
     assert rerun(caplog, out, lambda: tokenize.tokenize_passages(TOKENIZER, corpus, out, **arguments)) == "skipped"
     tokenizer = TOKENIZER
     if change == "corpus":
-        touch_later(corpus)
+        change_content(corpus)
     elif change == "tokenizer":
         tokenizer = tiny_bert_dir
     elif change == "overwrite":
@@ -327,7 +484,7 @@ def test_training_groups_are_redone_when_an_input_or_argument_changed(marco_data
         options[change] = {"n_sample": 3, "seed": 2, "q_max_len": 8, "p_max_len": 16, "shard_size": 100}[change]
         assert rerun(caplog, out, run) == "redone"
     elif change in files:
-        touch_later(files[change])
+        change_content(files[change])
         assert rerun(caplog, out, run) == "redone"
     elif change == "tokenizer":
         assert rerun(caplog, out, lambda: run(tiny_bert_dir)) == "redone"
@@ -335,7 +492,7 @@ def test_training_groups_are_redone_when_an_input_or_argument_changed(marco_data
         assert rerun(caplog, out, lambda: run(overwrite=True)) == "redone"
     record = provenance.read_folder_record(out)
     assert record["provenance"]["seed"] == options["seed"]
-    assert record["provenance"]["negatives"] == provenance.file_identity(files["negatives"])
+    assert record["provenance"]["negatives"] == provenance.with_digests(provenance.file_identity(files["negatives"]))
     assert len(list(out.glob("split*.json"))) == record["stats"]["shards"]
 
 
@@ -353,7 +510,7 @@ def test_hard_negative_groups_are_redone_when_the_ranking_or_window_changed(marc
     run()
     assert rerun(caplog, out, run) == "skipped"
     if change == "ranking":
-        touch_later(ranking)                               # a new ranking after retraining
+        change_content(ranking)                            # a new ranking after retraining
     else:
         window[change] = {"depth": 20, "skip_top": 3}[change]
     assert rerun(caplog, out, run) == "redone"
@@ -393,8 +550,34 @@ def test_bm25_outputs_are_redone_when_an_input_or_argument_changed(tmp_path, cap
         before = {path: stamp(path) for path in (negatives, dev_run)}
         run(*extra)
         assert {path for path in before if stamp(path) != before[path]} == redone, extra
-    touch_later(tmp_path / "qrels.train.tsv")
+    change_content(tmp_path / "qrels.train.tsv")
     assert rerun(caplog, negatives, lambda: run("--k1", 1.2, "--dev_depth", 5)) == "redone"
+
+
+def test_re_provisioned_data_with_the_same_content_redoes_nothing(tmp_path, caplog):
+    """The source folder copied again (same bytes, new times): data preparation and BM25 rewrite nothing."""
+    source, marco = make_beir(tmp_path / "beir"), tmp_path / "marco"
+
+    def prepare_and_bm25():
+        assert layout.main(["--source", str(source), "--out", str(marco)]) == 0
+        assert bm25.main(["--data_dir", str(marco), "--dev_run", "--threads", "1"]) == 0
+
+    prepare_and_bm25()
+    outputs = {path: path.stat().st_mtime_ns for path in marco.iterdir() if not path.name.startswith(".")}
+    assert {path.name for path in outputs} >= {"corpus.tsv", "qrels.train.tsv", "train.negatives.tsv"}
+    sources = sorted(path for path in source.rglob("*") if path.is_file())
+    for path in sources:
+        copy_in_place(path)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        prepare_and_bm25()
+    assert {path: path.stat().st_mtime_ns for path in outputs} == outputs, "nothing rewritten"
+    assert all(content_unchanged_line(path) in caplog.messages for path in sources)
+    assert "changed since" not in caplog.text and "wrote " not in caplog.text
+    change_content(source / "queries.jsonl")                    # a real change is still seen
+    with caplog.at_level(logging.INFO):
+        assert layout.main(["--source", str(source), "--out", str(marco)]) == 0
+    assert "sources changed since" in caplog.text
 
 
 # --------------------------------------------------------------------------- the stale-MRR case, end to end

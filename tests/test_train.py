@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -401,7 +402,20 @@ def test_a_finished_run_is_skipped_refused_when_changed_and_retrained_on_overwri
         "1.0 -> 0.5); use --overwrite_output_dir to retrain into it, or another --output_dir"]
     assert "Traceback" not in changed.stderr and _fingerprint(out) == fingerprint
 
-    data.write_text(data.read_text())  # rewritten: the data's identity changes
+    data.write_bytes(data.read_bytes())  # copied again (same bytes, a new time): still the same data
+    stat = data.stat()
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    copied = _train_on(data.parent, tiny_bert_dir, out, cache)
+    assert copied.returncode == 0, copied.stderr[-2000:]
+    assert (f"{data.resolve()}: modification time changed, content unchanged (sha256); treated as the same input"
+            in copied.stderr)
+    assert f"{out} is up to date (same model, data and arguments); skipping training" in copied.stderr
+    assert _fingerprint(out) == fingerprint
+    assert read_folder_record(out)["provenance"]["training data"]["files"][0]["mtime_ns"] == data.stat().st_mtime_ns
+
+    lines = data.read_text().splitlines(keepends=True)
+    data.write_text("".join(reversed(lines)))  # other content of the same size: other data
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 4_000_000_000))
     stale = _train_on(data.parent, tiny_bert_dir, out, cache)
     assert stale.returncode == 2 and error_lines(stale.stderr) == [
         f"error: {out}: holds a model trained with other inputs (training data changed); use "

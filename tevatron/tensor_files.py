@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from tevatron.files import InputError, atomic_output
-from tevatron.provenance import normalized
+from tevatron.provenance import with_digests
 
 ENCODINGS_FORMAT = "tevatron.encodings"
 RANKING_FORMAT = "tevatron.ranking"
@@ -67,7 +67,7 @@ def save_encodings(path, reps, ids: Sequence[str], provenance: dict | None = Non
         raise ValueError(f"{len(ids)} ids for vectors of shape {tuple(reps.shape)}")
     payload = {"format": ENCODINGS_FORMAT, "version": FORMAT_VERSION, "reps": reps, "ids": ids}
     if provenance is not None:
-        payload["provenance"] = normalized(provenance)
+        payload["provenance"] = with_digests(provenance)
     _save_payload(payload, path)
 
 
@@ -132,7 +132,7 @@ def save_shard_ranking(path, query_ids: Sequence[str], passage_ids: Sequence[str
     payload = {"format": RANKING_FORMAT, "version": FORMAT_VERSION, "query_ids": [str(q) for q in query_ids],
                "passage_ids": [str(p) for p in passage_ids], "scores": scores, "indices": indices}
     if provenance is not None:
-        payload["provenance"] = normalized(provenance)
+        payload["provenance"] = with_digests(provenance)
     _save_payload(payload, path)
 
 

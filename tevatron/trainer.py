@@ -251,7 +251,8 @@ def mark_checkpoint_complete(folder, step: int, run_provenance: dict | None) -> 
         with open(os.path.join(folder, name), "rb") as handle:
             os.fsync(handle.fileno())
     with atomic_text_writer(os.path.join(folder, CHECKPOINT_MARKER)) as out:
-        json.dump({"step": step, "files": files, "provenance": run_provenance}, out, indent=1, sort_keys=True)
+        json.dump({"step": step, "files": files, "provenance": provenance.with_digests(run_provenance)}, out,
+                  indent=1, sort_keys=True)
 
 
 def _read_marker(folder) -> dict | None:
@@ -311,11 +312,11 @@ def checkpoint_to_resume(output_dir, wanted: dict | None = None, remove_broken: 
             return None  # only unfinished checkpoints were there: start afresh
         raise InputError(output_dir, "output directory is not empty and holds no checkpoint; "
                          "use --overwrite_output_dir to train into it")
-    recorded = (_read_marker(last) or {}).get("provenance")
-    if wanted is not None and recorded is not None and recorded != wanted:
-        logger.info("%s differs from this run: %s", last, "; ".join(provenance.differences(recorded, wanted)))
-        raise InputError(output_dir, f"holds checkpoints of an interrupted run with {_what_differs(recorded, wanted)} "
-                         f"({describe_differences(recorded, wanted)}); use --overwrite_output_dir to start afresh, "
+    recorded, current = provenance.settled((_read_marker(last) or {}).get("provenance"), wanted)
+    if current is not None and recorded is not None and recorded != current:
+        logger.info("%s differs from this run: %s", last, "; ".join(provenance.differences(recorded, current)))
+        raise InputError(output_dir, f"holds checkpoints of an interrupted run with {_what_differs(recorded, current)} "
+                         f"({describe_differences(recorded, current)}); use --overwrite_output_dir to start afresh, "
                          "or another --output_dir")
     logger.info("resuming the interrupted run from %s", last)
     return last
@@ -336,15 +337,17 @@ def prepare_output_dir(training_args, wanted: dict) -> bool:
             remove_checkpoints(output_dir)
         return True
     if finished is not None:
-        recorded = finished["provenance"]
-        if recorded == wanted:
+        recorded, current = provenance.settled(finished["provenance"], wanted)
+        if recorded == current:
             logger.info("%s is up to date (same model, data and arguments); skipping training", output_dir)
             if training_args.should_save:
+                provenance.refresh_record_file(os.path.join(output_dir, provenance.RECORD_FILE),
+                                               finished["provenance"], wanted)
                 remove_checkpoints(output_dir)  # left by a run killed between its record and their removal
             return False
-        logger.info("%s differs from this run: %s", output_dir, "; ".join(provenance.differences(recorded, wanted)))
-        raise InputError(output_dir, f"holds a model trained with {_what_differs(recorded, wanted)} "
-                         f"({describe_differences(recorded, wanted)}); use --overwrite_output_dir to retrain "
+        logger.info("%s differs from this run: %s", output_dir, "; ".join(provenance.differences(recorded, current)))
+        raise InputError(output_dir, f"holds a model trained with {_what_differs(recorded, current)} "
+                         f"({describe_differences(recorded, current)}); use --overwrite_output_dir to retrain "
                          "into it, or another --output_dir")
     if training_args.resume_from_checkpoint is None:
         with training_args.main_process_first(desc="checking the output directory"):
@@ -354,11 +357,12 @@ def prepare_output_dir(training_args, wanted: dict) -> bool:
         problem = checkpoint_problem(training_args.resume_from_checkpoint)
         if problem is not None:
             raise InputError(training_args.resume_from_checkpoint, f"cannot resume from it: {problem}")
-        recorded = (_read_marker(training_args.resume_from_checkpoint) or {}).get("provenance")
-        if recorded is not None and recorded != wanted:
+        recorded, current = provenance.settled(
+            (_read_marker(training_args.resume_from_checkpoint) or {}).get("provenance"), wanted)
+        if recorded is not None and recorded != current:
             logger.warning("resuming from %s, saved by a run with %s (%s), as --resume_from_checkpoint asks",
-                           training_args.resume_from_checkpoint, _what_differs(recorded, wanted),
-                           describe_differences(recorded, wanted))
+                           training_args.resume_from_checkpoint, _what_differs(recorded, current),
+                           describe_differences(recorded, current))
     return True
 
 

@@ -31,7 +31,7 @@ from tevatron.argument_checks import POSITIVE, check_ranges, parse_dataclasses
 from tevatron.faiss_retriever.topk import merge_topk, ranked_shard_rows
 from tevatron.cli import command
 from tevatron.files import InputError, check_output_file
-from tevatron.provenance import (changed_inputs, file_identity, normalized, read_file_record, up_to_date,
+from tevatron.provenance import (changed_inputs, file_identity, read_file_record, settled, up_to_date,
                                  write_file_record)
 from tevatron.tensor_files import encodings_provenance, load_encodings, load_shard_ranking
 from tevatron.text_formats import write_ranking
@@ -102,8 +102,9 @@ def check_shard_queries(path, payload: dict, query_record: dict | None, query_fi
     searched_with = searched.get("made_from") if isinstance(searched, dict) else None
     if searched_with is None or query_record is None:
         return  # written without records: nothing to compare
-    if normalized(searched_with) != normalized(query_record):
-        changed = ", ".join(changed_inputs(normalized(searched_with), normalized(query_record)))
+    searched_with, query_record = settled(searched_with, query_record)
+    if searched_with != query_record:
+        changed = ", ".join(changed_inputs(searched_with, query_record))
         raise InputError(path, f"searched with query encodings made from other inputs than {query_file} "
                                f"holds now ({changed} changed); search this shard again")
 
