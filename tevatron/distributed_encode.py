@@ -116,7 +116,13 @@ class EncodeJob:
         self._report_turn()
         # Leave at once, every rank together: a normal exit tears torch down for a while, and torchrun,
         # seeing one rank gone, kills the slower one, whose status would then read as a SIGTERM.
+        self.leave_now()
+
+    def leave_now(self) -> None:
+        """Exit at once with the status the job ended with (its staging folder gone, output flushed)."""
+        self.cleanup()
         sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(self.exit_status)
 
     @staticmethod
@@ -215,9 +221,7 @@ class EncodeJob:
 def _on_sigterm(job: EncodeJob, signum: int) -> None:
     if job.exit_status is None:
         sys.exit(128 + signum)
-    job.cleanup()
-    sys.stderr.flush()
-    os._exit(job.exit_status)
+    job.leave_now()
 
 
 def _is_user_error(err: BaseException) -> bool:
