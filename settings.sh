@@ -12,8 +12,8 @@
 # runs/<data>-<profile>-<hash>, the hash covering every setting that changes the results of stages 1 and 2
 # (RESULT_SETTINGS in msmarco-passage-ranking/pipeline_common.sh), so two configurations never share a
 # folder. Stage 3 nests in OUT by its own settings: rerank.sh writes to RERANK_DIR (OUT/rerank-<hash of the
-# RERANKER_* and RERANK_* settings but RERANK_BATCH>), distil.sh to DISTIL_DIR (RERANK_DIR/distil-<hash of
-# the DISTIL_* settings>), so a stage-3 setting never retrains stages 1 and 2, and a DISTIL_* one never the
+# RERANKER_* and RERANK_* settings but RERANK_BATCH, and of STAGE3_SEED where it is not SEED>), distil.sh to
+# DISTIL_DIR (RERANK_DIR/distil-<hash of the DISTIL_* settings>), so a stage-3 setting never retrains stages 1 and 2, and a DISTIL_* one never the
 # reranker. An OUT (RERANK_DIR, DISTIL_DIR) you set is used as given; a finished model there trained with
 # other settings is refused in one line naming what differs.
 
@@ -67,6 +67,8 @@ DISTIL_TEMPERATURE=${DISTIL_TEMPERATURE:-}  # [1] the teacher's scores are divid
 DISTIL_WEIGHT=${DISTIL_WEIGHT:-}  # [0 | 0.2] loss = KL to the teacher + DISTIL_WEIGHT x the in-batch contrastive loss
 DISTIL_LR=${DISTIL_LR:-}        # [LR] learning rate, distillation
 DISTIL_EPOCHS=${DISTIL_EPOCHS:-}  # [EPOCHS | 2] epochs, distillation (on $DISTIL_DIR/train-distil: the stage-2 groups, scored)
+STAGE3_SEED=${STAGE3_SEED:-}    # [SEED] seed of the reranker's and the distillation's training: another value trains
+                                #   stage 3 again (new folders) on the same stage-1 and stage-2 models
 RERANK_BATCH=${RERANK_BATCH:-}  # [128 | 64] (query, passage) pairs per scoring batch (speed only)
 RERANK_DIR=${RERANK_DIR:-}      # [OUT/rerank-<hash>] rerank.sh's outputs: reranker/, ranking/rerank_{bm25,stage2}/,
                                 #   metrics/rerank_{bm25,stage2}.json, step_times.log
@@ -159,6 +161,7 @@ DISTIL_TEMPERATURE=${DISTIL_TEMPERATURE:-1}
 DISTIL_WEIGHT=${DISTIL_WEIGHT:-0}
 DISTIL_LR=${DISTIL_LR:-$LR}
 DISTIL_EPOCHS=${DISTIL_EPOCHS:-$EPOCHS}
+STAGE3_SEED=${STAGE3_SEED:-$SEED}
 RERANK_BATCH=${RERANK_BATCH:-128}
 ENCODE_BATCH=${ENCODE_BATCH:-128}
 NPROC=${NPROC:-1}

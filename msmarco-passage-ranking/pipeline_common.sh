@@ -102,7 +102,10 @@ resolve_settings() {
   if [[ -n $RERANK_DIR ]]; then
     RERANK_DIR_ORIGIN="set by you"
   else
-    RERANK_DIR=$OUT/rerank-$(settings_hash "${RERANK_SETTINGS[@]}")
+    # STAGE3_SEED counts only where it is not SEED (OUT fixes SEED), so the default keeps the folder's name
+    local rerank_settings=("${RERANK_SETTINGS[@]}")
+    [[ $STAGE3_SEED != "$SEED" ]] && rerank_settings+=(STAGE3_SEED)
+    RERANK_DIR=$OUT/rerank-$(settings_hash "${rerank_settings[@]}")
     RERANK_DIR_ORIGIN="OUT/rerank-<hash of the reranker settings>"
   fi
   if [[ -n $DISTIL_DIR ]]; then
@@ -124,7 +127,7 @@ print_settings() {
   echo "==> OUT=$OUT ($OUT_ORIGIN)"
   [[ ${1:-} == stage3 ]] || return 0
   line="==> stage-3 settings:"
-  for name in "${RERANK_SETTINGS[@]}" "${DISTIL_SETTINGS[@]}"; do line+=" $name=${!name}"; done
+  for name in "${RERANK_SETTINGS[@]}" "${DISTIL_SETTINGS[@]}" STAGE3_SEED; do line+=" $name=${!name}"; done
   echo "$line"
   echo "==> RERANK_DIR=$RERANK_DIR ($RERANK_DIR_ORIGIN)"
   echo "==> DISTIL_DIR=$DISTIL_DIR ($DISTIL_DIR_ORIGIN)"
@@ -376,7 +379,7 @@ train_reranker() {
     --train_dir "$OUT/train-hn" --learning_rate "$RERANKER_LR" --head_learning_rate "$RERANKER_HEAD_LR" \
     --num_train_epochs "$RERANKER_EPOCHS" \
     --per_device_train_batch_size "$RERANKER_BATCH" --train_n_passages "$RERANKER_N_PASSAGES" \
-    --q_max_len "$Q_MAX_LEN" --p_max_len "$RERANK_P_MAX_LEN" --seed "$SEED" \
+    --q_max_len "$Q_MAX_LEN" --p_max_len "$RERANK_P_MAX_LEN" --seed "$STAGE3_SEED" \
     --save_steps "$SAVE_STEPS" --logging_steps "$LOGGING_STEPS" --dataloader_num_workers "$WORKERS" $PRECISION
 }
 
@@ -409,6 +412,6 @@ score_groups() {
 }
 
 train_distilled() {
-  train_model "$DISTIL_INIT_MODEL" "$DISTIL_DIR/train-distil" "$DISTIL_DIR/model-distil" "$DISTIL_LR" "$DISTIL_EPOCHS" \
+  SEED=$STAGE3_SEED train_model "$DISTIL_INIT_MODEL" "$DISTIL_DIR/train-distil" "$DISTIL_DIR/model-distil" "$DISTIL_LR" "$DISTIL_EPOCHS" \
     --distillation --distil_temperature "$DISTIL_TEMPERATURE" --distil_weight "$DISTIL_WEIGHT"
 }

@@ -81,7 +81,7 @@ def pipeline_env(**settings) -> dict:
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
                PYTHONPATH=str(REPO_ROOT))
     for name in ("PROFILE", "DATA", "DATASET", "DATA_DIR", "OUT", "MODEL", "TOKENIZER", "LR", "TRAIN_EXTRA", "NPROC",
-                 "LORA", "LORA_R", "LORA_ALPHA", "RERANK_DIR", "DISTIL_DIR"):
+                 "LORA", "LORA_R", "LORA_ALPHA", "RERANK_DIR", "DISTIL_DIR", "SEED", "STAGE3_SEED"):
         env.pop(name, None)           # a developer's own settings must not leak in
     env.update(settings)
     return env

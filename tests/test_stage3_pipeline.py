@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -250,7 +251,7 @@ def test_stage3_settings_name_nested_folders_and_never_move_stages_1_and_2(tmp_p
     for name, value in (("RERANKER_LR", "1e-5"), ("RERANKER_HEAD_LR", "1e-2"), ("RERANKER_MODEL", str(marco)),
                         ("RERANKER_EPOCHS", "3"),
                         ("RERANKER_BATCH", "4"), ("RERANKER_N_PASSAGES", "4"), ("RERANK_DEPTH", "50"),
-                        ("RERANK_P_MAX_LEN", "64")):
+                        ("RERANK_P_MAX_LEN", "64"), ("STAGE3_SEED", "7")):
         moved = folders(**{name: value})
         assert moved["OUT"] == base["OUT"], name
         assert moved["RERANK_DIR"] != base["RERANK_DIR"], name
@@ -261,14 +262,35 @@ def test_stage3_settings_name_nested_folders_and_never_move_stages_1_and_2(tmp_p
         moved = folders(**{name: value})
         assert (moved["OUT"], moved["RERANK_DIR"]) == (base["OUT"], base["RERANK_DIR"]), name
         assert moved["DISTIL_DIR"] != base["DISTIL_DIR"], name
-    # speed only: nothing moves; a stage-1 setting moves everything
+    # speed only, or a stage-3 seed equal to SEED (the default): nothing moves; a stage-1 setting moves everything
     assert folders(RERANK_BATCH="8") == base
+    assert folders(STAGE3_SEED="42") == base
     assert all(folders(LR="1e-5")[name] != base[name] for name in FOLDERS)
     # folders given are used as given; distillation nests in a given reranker folder
     given = folders(RERANK_DIR="my-reranker")
     assert given["OUT"] == base["OUT"] and given["RERANK_DIR"] == "my-reranker"
     assert given["DISTIL_DIR"] == "my-reranker/" + Path(base["DISTIL_DIR"]).name
     assert folders(DISTIL_DIR="my-distil") == {**base, "DISTIL_DIR": "my-distil"}
+
+
+def test_stage3_seed_reaches_the_reranker_and_the_distillation_only(tmp_path):
+    """STAGE3_SEED trains stage 3 again with another seed; stages 1 and 2 keep SEED."""
+    marco = make_rocketqa(tmp_path / "mymarco", n_passages=20, n_train=2, n_dev=2)
+    recorder = tmp_path / "python"
+    recorder.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$*"\n')
+    recorder.chmod(0o755)
+    script = (f'set -a; source "{REPO_ROOT}/settings.sh"; set +a\n'
+              f'source "{REPO_ROOT}/msmarco-passage-ranking/pipeline_common.sh"\n'
+              'resolve_settings; DISTIL_INIT_MODEL=init; PRECISION=\n'
+              'train_stage1; train_reranker; train_distilled\n')
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60,
+                            env=pipeline_env(DATA=str(marco), PYTHON=str(recorder), SEED="5", STAGE3_SEED="7"),
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    stage1, reranker, distilled = result.stdout.splitlines()
+    seed = lambda command: command.split(" --seed ")[1].split()[0]  # noqa: E731
+    assert (seed(stage1), seed(reranker), seed(distilled)) == ("5", "7", "7")
+    assert "tevatron.reranker.driver.train" in reranker and "--distillation" in distilled
 
 
 def test_stage1_and_2_folder_hash_covers_only_their_settings():
