@@ -20,5 +20,5 @@ setup(
     ],
     # ir_measures: only the metric parity tests use it; the library does not import it.
     # sentence-transformers: only tevatron.export (imported there when exporting) and its tests
-    extras_require={"test": ["pytest", "hypothesis", "ir_measures>=0.3", "sentence-transformers>=3"]},
+    extras_require={"test": ["pytest", "hypothesis", "ir_measures>=0.3", "sentence-transformers>=3", "pytest-xdist"]},
 )

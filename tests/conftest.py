@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_tiny_bert, make_tiny_reranker
+# xdist runs one worker per core: one thread each (inherited by the scripts and drivers they start) instead
+# of every worker's threads spinning on every core. Set before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+
+from helpers import make_tiny_bert, make_tiny_reranker  # noqa: E402 (after the thread settings)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data/scifact beside the checkout; SCIFACT_DIR points elsewhere (e.g. from a git worktree)

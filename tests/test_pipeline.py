@@ -425,39 +425,20 @@ def test_hard_negative_groups_live_beside_the_bm25_groups(tmp_path, caplog):
 
 # --------------------------------------------------------------------------- raw text (FORMAT=text)
 @pytest.mark.slow
-def test_format_text_gives_the_tokenized_runs_numbers(tmp_path):
-    """FORMAT=text: build_train writes Tevatron v2's raw schema, training and encoding tokenize on the fly;
-    the ids are those of the tokenized files, so stage 1 scores the same MRR@10 with the same vectors.
-    Prefixes reach the raw data's training and encoding too (and the tokenized files, tested elsewhere)."""
+def test_format_text_prefixes_reach_training_and_encoding(tmp_path):
+    """Prefixes reach the raw data's training and encoding (the tokenized files': tested elsewhere; FORMAT=text
+    giving the tokenized flow's numbers: tests/test_stage3_pipeline.py, which runs both flows anyway)."""
     source = make_rocketqa(tmp_path / "rocketqa-small")
     model = make_tiny_bert(tmp_path / "tiny-bert")
     work = tmp_path / "work"
     work.mkdir()
-    base = dict(DATA=str(source), MODEL=str(model), N_SPLITS="2", DEPTH="10", TRAIN_EXTRA=f"--max_steps {MAX_STEPS}")
-    runs = {}
-    for data_format in ("tokenized", "text"):
-        log = check_ok(run_script("run.sh", pipeline_env(**base, FORMAT=data_format), work), f"run.sh {data_format}")
-        runs[data_format] = out_folder(log, work)
-    text_out, tokenized_out = runs["text"], runs["tokenized"]
-    assert re.fullmatch(r"rocketqa-small-marco-text-[0-9a-f]{8}", text_out.name)
-    assert text_out.name.replace("-text", "") == tokenized_out.name, "FORMAT changes no number: same hash"
-    group = next(iter_jsonl(work / "marco" / "text" / "train" / "split00.json"))[1]
-    assert isinstance(group["query"], str) and {"docid", "title", "text"} <= set(group["positive_passages"][0])
-    corpus_line = next(iter_jsonl(work / "marco" / "text" / "corpus" / "split00.json"))[1]
-    assert set(corpus_line) == {"docid", "title", "text"}
-    metrics = {name: json.loads((out / "metrics" / "stage1.json").read_text()) for name, out in runs.items()}
-    assert metrics["text"]["MRR@10"] == metrics["tokenized"]["MRR@10"]
-    from tevatron.tensor_files import load_encodings
-    for name in ("dev.query.pt", "corpus/split00.pt"):
-        text_reps = load_encodings(text_out / "encoding" / "stage1" / name)
-        tokenized_reps = load_encodings(tokenized_out / "encoding" / "stage1" / name)
-        assert text_reps[1] == tokenized_reps[1]
-        assert (text_reps[0] - tokenized_reps[0]).abs().max() < 1e-5
-    assert json.loads((text_out / "model" / "tevatron_config.json").read_text())["query_prefix"] == ""
-
-    prefixed = pipeline_env(**base, FORMAT="text", QUERY_PREFIX="query: ", PASSAGE_PREFIX="passage: ")
+    prefixed = pipeline_env(DATA=str(source), MODEL=str(model), N_SPLITS="2", DEPTH="10",
+                            TRAIN_EXTRA=f"--max_steps {MAX_STEPS}", FORMAT="text", QUERY_PREFIX="query: ",
+                            PASSAGE_PREFIX="passage: ")
     log = check_ok(run_script("run.sh", prefixed, work), "run.sh with prefixes")
     prefixed_out = out_folder(log, work)
-    assert prefixed_out != text_out
+    assert re.fullmatch(r"rocketqa-small-marco-text-[0-9a-f]{8}", prefixed_out.name)
     saved = json.loads((prefixed_out / "model" / "tevatron_config.json").read_text())
     assert (saved["query_prefix"], saved["passage_prefix"]) == ("query: ", "passage: ")
+    unprefixed = shell_settings(("OUT",), dict(prefixed, QUERY_PREFIX="", PASSAGE_PREFIX=""), resolve=True, cwd=work)
+    assert work / unprefixed["OUT"] != prefixed_out, "a prefix changes the numbers: another OUT"

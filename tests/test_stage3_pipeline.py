@@ -21,6 +21,7 @@ import pytest
 from conftest import make_tiny_bert
 from helpers import REPO_ROOT
 from tevatron.provenance import model_identity
+from tevatron.tensor_files import load_encodings
 from tevatron.text_formats import iter_jsonl
 from test_pipeline import (check_ok, make_rocketqa, out_folder, pipeline_env, run_script, shell_settings,
                            step_sections)
@@ -104,7 +105,7 @@ def stage3_flow(tmp_path_factory):
     model = make_tiny_bert(root / "tiny-bert")
     work = root / "work"
     work.mkdir()
-    settings = dict(DATA=str(source), MODEL=str(model), N_SPLITS="2", DEPTH="20", TRAIN_EXTRA="--max_steps 2",
+    settings = dict(DATA=str(source), MODEL=str(model), N_SPLITS="1", DEPTH="20", TRAIN_EXTRA="--max_steps 2",
                     RERANKER_EPOCHS="1", RERANK_DEPTH="5", RERANK_P_MAX_LEN="40", DISTIL_INIT="stage1",
                     DISTIL_WEIGHT="0.5", DISTIL_TEMPERATURE="2")
     (root / "bin").mkdir()
@@ -351,19 +352,37 @@ def test_regression_reads_stage3_rows_from_the_folders_the_scripts_work_out(tmp_
 # --------------------------------------------------------------------------- raw text (FORMAT=text)
 @pytest.mark.slow  # runs the pipeline scripts
 def test_format_text_stage3_gives_the_tokenized_numbers(stage3_flow):
-    """rerank.sh and distil.sh with FORMAT=text (the raw data under marco/text/, tokenized by the drivers) give
-    the reranked and distilled metrics of the tokenized flow: the same ids, so the same numbers.  Only the
-    raw-text flow runs here; the tokenized one is the real-reranker flow's."""
+    """FORMAT=text: build_train writes Tevatron v2's raw schema, training, encoding and the reranker tokenize
+    on the fly with the tokenized files' ids, so run.sh, rerank.sh and distil.sh give the tokenized flow's
+    numbers (stage 1 with the same vectors) in an OUT of the same hash.  Only the raw-text flow runs here;
+    the tokenized one is the real-reranker flow's."""
     if stage3_flow["kind"] != "real reranker":
         pytest.skip("compares the real reranker's numbers")
     work, env = stage3_flow["work"], dict(stage3_flow["env"], FORMAT="text")
-    check_ok(run_script("run.sh", env, work, "--all"), "run.sh --all (text)")
+
+    def scores(path):  # the metrics, without the run file's path (a text run lives in its own OUT)
+        return {key: value for key, value in json.loads(path.read_text()).items() if key != "run"}
+
+    text_out = out_folder(check_ok(run_script("run.sh", env, work, "--all"), "run.sh --all (text)"), work)
+    tokenized_out = stage3_flow["out"]
+    assert re.fullmatch(r"rocketqa-small-marco-text-[0-9a-f]{8}", text_out.name)
+    assert text_out.name.replace("-text", "") == tokenized_out.name, "FORMAT changes no number: same hash"
+    group = next(iter_jsonl(work / "marco" / "text" / "train" / "split00.json"))[1]
+    assert isinstance(group["query"], str) and {"docid", "title", "text"} <= set(group["positive_passages"][0])
+    corpus_line = next(iter_jsonl(work / "marco" / "text" / "corpus" / "split00.json"))[1]
+    assert set(corpus_line) == {"docid", "title", "text"}
+    for stage in ("stage1", "stage2"):
+        assert scores(text_out / "metrics" / f"{stage}.json") == scores(tokenized_out / "metrics" / f"{stage}.json")
+    for name in ("dev.query.pt", "corpus/split00.pt"):
+        text_reps = load_encodings(text_out / "encoding" / "stage1" / name)
+        tokenized_reps = load_encodings(tokenized_out / "encoding" / "stage1" / name)
+        assert text_reps[1] == tokenized_reps[1]
+        assert (text_reps[0] - tokenized_reps[0]).abs().max() < 1e-5
+    assert json.loads((text_out / "model" / "tevatron_config.json").read_text())["query_prefix"] == ""
     logs = {script: check_ok(run_script(script, env, work), f"{script} (text)") for script in ("rerank.sh", "distil.sh")}
     rerank_dir, distil_dir = (printed_folder(name, logs["distil.sh"], work) for name in ("RERANK_DIR", "DISTIL_DIR"))
     assert rerank_dir.parent.name == stage3_flow["out"].name.replace("-marco-", "-marco-text-")
     assert "==> format: text (marco/text)" in logs["rerank.sh"]
-    def scores(path):  # the metrics, without the run file's path (a text run lives in its own OUT)
-        return {key: value for key, value in json.loads(path.read_text()).items() if key != "run"}
     for name in ("rerank_bm25", "rerank_stage2"):
         assert scores(rerank_dir / "metrics" / f"{name}.json") == scores(
             stage3_flow["rerank_dir"] / "metrics" / f"{name}.json"), name
