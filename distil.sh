@@ -15,7 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/msmarco-passage-ranking/pipeline_common.s
 do_check_stage2() { check_stage2_model; }
 do_check_reranker() { check_reranker; }
 do_score_groups() { score_groups; }
-do_train_distil() { train_distilled; }
+do_train_distil() { train_distilled $(retrain_flag); }
 do_distil_eval() { encode_search_eval "$DISTIL_DIR/model-distil" distil "$DISTIL_DIR"; }
 
 main() {

@@ -14,7 +14,7 @@ set -a; source "$(dirname "${BASH_SOURCE[0]}")/settings.sh"; set +a
 source "$(dirname "${BASH_SOURCE[0]}")/msmarco-passage-ranking/pipeline_common.sh"
 
 do_check_stage2() { check_stage2_model; }
-do_train_reranker() { train_reranker; }
+do_train_reranker() { train_reranker $(retrain_flag); }
 do_rerank_bm25() { rerank_and_eval "$DATA_DIR/bm25.dev.rank.tsv" rerank_bm25; }
 do_rerank_stage2() { rerank_and_eval "$OUT/ranking/stage2/dev.rank.tsv" rerank_stage2; }
 

@@ -15,7 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/msmarco-passage-ranking/pipeline_common.s
 do_data() { bash "$REPO_ROOT/get_data.sh"; }
 do_bm25_eval() { evaluate_run "$DATA_DIR/bm25.dev.rank.tsv" bm25; }
 do_zero_shot() { encode_search_eval "$MODEL" zero_shot; }
-do_train() { train_stage1; }
+do_train() { train_stage1 $(retrain_flag); }
 do_stage1_eval() { encode_search_eval "$OUT/model" stage1; }
 
 main() {

@@ -42,6 +42,9 @@ N_SPLITS=${N_SPLITS:-}          # [10 | 2] corpus splits (encoded and searched o
 DEPTH=${DEPTH:-}                # [1000] ranking depth for evaluation (Recall@1000 needs 1000)
 FP16=${FP16:-}                  # [auto] auto: --fp16 when a GPU is present | 1 | 0
 TRAIN_EXTRA=${TRAIN_EXTRA:-}    # [] more flags for tevatron.driver.train, both stages (e.g. --grad_cache, --max_steps 100)
+RETRAIN=${RETRAIN:-}            # [0] 1: the script's own training step trains again into its folder (--overwrite_output_dir),
+                                #   where 0 keeps an up-to-date model and refuses one trained otherwise; for one run:
+                                #   RETRAIN=1 bash run.sh (run.sh: stage 1, train_hn.sh: stage 2, rerank.sh, distil.sh)
 LORA=${LORA:-}                  # [0] 1: train a LoRA adapter (--lora) instead of every weight; encoding loads the adapter
                                 #   folders by themselves (more LoRA flags, e.g. --lora_dropout, go in TRAIN_EXTRA)
 LORA_R=${LORA_R:-}              # [16] LoRA rank (LORA=1)
@@ -100,6 +103,7 @@ QRELS_TRAIN_URL=${QRELS_TRAIN_URL:-}  # [the official qrels.train.tsv]
 # Fill only what is still empty above; an unknown PROFILE stops the scripts (pipeline_common.sh).
 PROFILE=${PROFILE:-marco}
 LORA=${LORA:-0}
+RETRAIN=${RETRAIN:-0}
 LORA_R=${LORA_R:-16}
 if [[ $PROFILE == quick ]]; then   # tuned for SciFact-sized data with all-MiniLM-L6-v2 on 2 CPU cores
   DATA=${DATA:-scifact}

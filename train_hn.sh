@@ -15,7 +15,7 @@ do_check_train_hn() {
   [[ -f $OUT/train-hn/.complete ]] && compgen -G "$OUT/train-hn/split*.hn.json" >/dev/null \
     || die "no hard-negative training set in $OUT/train-hn; run mine_hard_neg.sh first (same settings)"
 }
-do_train_hn() { train_model "$INIT_MODEL" "$OUT/train-hn" "$OUT/model-hn" "$HN_LR" "$HN_EPOCHS"; }
+do_train_hn() { train_model "$INIT_MODEL" "$OUT/train-hn" "$OUT/model-hn" "$HN_LR" "$HN_EPOCHS" $(retrain_flag); }
 do_stage2_eval() { encode_search_eval "$OUT/model-hn" stage2; }
 
 main() {

@@ -37,7 +37,15 @@ RESULT_SETTINGS_IF_SET=(QUERY_PREFIX PASSAGE_PREFIX)
 
 # $? must be read first: anything run before it (even basename) would reset it to 0.
 trap 'step_failed $?' ERR
-step_failed() { echo "$(basename "$0"): step \"$CURRENT_STEP\" failed (exit $1)" >&2; }
+step_failed() {
+  echo "$(basename "$0"): step \"$CURRENT_STEP\" failed (exit $1)" >&2
+  # a training folder holding a model trained otherwise is refused with status 2 (the line above names it)
+  case $1:$CURRENT_STEP in
+    2:train|2:train_*|2:check_*)
+      echo "$(basename "$0"): if the error above is a folder holding a model trained otherwise: RETRAIN=1 with the" \
+        "script that trains it trains it again in place" >&2 ;;
+  esac
+}
 
 die() { echo "error: $*" >&2; exit 2; }
 
@@ -87,6 +95,7 @@ resolve_settings() {
   if [[ $RERANKER_MODEL == all-MiniLM-L6-v2 && ! -d $RERANKER_MODEL ]]; then RERANKER_MODEL=$MODEL; fi
   TOKENIZER=${TOKENIZER:-$MODEL}
   lora_flags >/dev/null  # an unknown LORA value stops here
+  retrain_flag >/dev/null
   # the LoRA settings count only when LoRA is on, so the OUT of every run without it stays as it was
   LORA_ALPHA=${LORA_ALPHA:-$((2 * LORA_R))}
   if [[ -n $(lora_flags) ]]; then RESULT_SETTINGS+=(LORA LORA_R LORA_ALPHA); fi
@@ -208,6 +217,15 @@ resolve_precision() {
 normalize_flag() { [[ $NORMALIZE == 1 ]] && echo "--normalize" || true; }
 
 # LORA=1: train an adapter; the model folders then hold adapters, which the encode driver loads on their base.
+# retrain_flag: the flag a script's own training step gets (RETRAIN=1); check_* steps never take it.
+retrain_flag() {
+  case $RETRAIN in
+    1) echo --overwrite_output_dir ;;
+    0) ;;
+    *) die "RETRAIN must be 0 or 1, not '$RETRAIN' (settings.sh)" ;;
+  esac
+}
+
 lora_flags() {
   case $LORA in
     1|true|yes) echo "--lora --lora_r $LORA_R --lora_alpha $LORA_ALPHA" ;;
@@ -240,7 +258,7 @@ train_model() {
     $PRECISION $(lora_flags) $TRAIN_EXTRA "${@:6}"
 }
 
-train_stage1() { train_model "$MODEL" "$INPUT_DIR/train" "$OUT/model" "$LR" "$EPOCHS"; }
+train_stage1() { train_model "$MODEL" "$INPUT_DIR/train" "$OUT/model" "$LR" "$EPOCHS" "$@"; }
 
 # The stage-1 model must be finished, and trained with these settings: the driver checks its record.
 check_stage1_model() {
@@ -380,7 +398,7 @@ train_reranker() {
     --num_train_epochs "$RERANKER_EPOCHS" \
     --per_device_train_batch_size "$RERANKER_BATCH" --train_n_passages "$RERANKER_N_PASSAGES" \
     --q_max_len "$Q_MAX_LEN" --p_max_len "$RERANK_P_MAX_LEN" --seed "$STAGE3_SEED" \
-    --save_steps "$SAVE_STEPS" --logging_steps "$LOGGING_STEPS" --dataloader_num_workers "$WORKERS" $PRECISION
+    --save_steps "$SAVE_STEPS" --logging_steps "$LOGGING_STEPS" --dataloader_num_workers "$WORKERS" $PRECISION "$@"
 }
 
 check_reranker() {
@@ -413,5 +431,5 @@ score_groups() {
 
 train_distilled() {
   SEED=$STAGE3_SEED train_model "$DISTIL_INIT_MODEL" "$DISTIL_DIR/train-distil" "$DISTIL_DIR/model-distil" "$DISTIL_LR" "$DISTIL_EPOCHS" \
-    --distillation --distil_temperature "$DISTIL_TEMPERATURE" --distil_weight "$DISTIL_WEIGHT"
+    --distillation --distil_temperature "$DISTIL_TEMPERATURE" --distil_weight "$DISTIL_WEIGHT" "$@"
 }

@@ -259,8 +259,18 @@ def test_changed_lr_goes_elsewhere_or_is_refused(seed_flow):
     errors = [line for line in refused.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "learning_rate" in errors[0] and str(out / "model") in errors[0]
     assert 'run.sh: step "train" failed (exit 2)' in refused.stdout
+    assert "RETRAIN=1 with the script that trains it trains it again in place" in refused.stdout
     assert "==> stage1_eval" not in refused.stdout
     assert (out / "metrics" / "stage1.json").read_text() == old_metrics
+    # RETRAIN=1 trains the given folder again in place: new_out, back at the first LR, scores the first run's MRR
+    log = check_ok(run_script("run.sh", dict(seed_flow["env"], OUT=str(new_out), RETRAIN="1"), work), "RETRAIN=1")
+    assert not any("up to date" in line for line in step_sections(log)["train"])
+    def learning_rate(folder):
+        return json.loads((folder / "model" / ".complete").read_text())["provenance"]["learning_rate"]
+    assert learning_rate(new_out) == learning_rate(out) != 1e-5
+    def mrr(folder):
+        return json.loads((folder / "metrics" / "stage1.json").read_text())["MRR@10"]
+    assert mrr(new_out) == mrr(out)
 
 
 # --------------------------------------------------------------------------- failures and odd data
@@ -442,3 +452,40 @@ def test_format_text_prefixes_reach_training_and_encoding(tmp_path):
     assert (saved["query_prefix"], saved["passage_prefix"]) == ("query: ", "passage: ")
     unprefixed = shell_settings(("OUT",), dict(prefixed, QUERY_PREFIX="", PASSAGE_PREFIX=""), resolve=True, cwd=work)
     assert work / unprefixed["OUT"] != prefixed_out, "a prefix changes the numbers: another OUT"
+
+
+# --------------------------------------------------------------------------- RETRAIN
+def test_retrain_reaches_each_scripts_training_step_and_no_check_step(tmp_path):
+    """RETRAIN=1: run.sh's, train_hn.sh's, rerank.sh's and distil.sh's own training step gets
+    --overwrite_output_dir; the check steps (a later script confirming an earlier model) never do."""
+    recorder = tmp_path / "python"
+    recorder.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$*"\n')
+    recorder.chmod(0o755)
+    out = tmp_path / "out"
+    for folder in ("model", "model-hn", "rerank/reranker"):
+        (out / folder).mkdir(parents=True)
+        (out / folder / ".complete").write_text("{}")
+    steps = "".join(line + "\n" for script in ("run.sh", "train_hn.sh", "rerank.sh", "distil.sh")
+                    for line in (REPO_ROOT / script).read_text().splitlines()
+                    if re.match(r"do_train\w*\(\)", line))
+    assert steps.count("\n") == 4, steps
+    script = (f'set -a; source "{SETTINGS}"; set +a; source "{REPO_ROOT}/msmarco-passage-ranking/pipeline_common.sh"\n'
+              f'resolve_settings; INIT_MODEL=init; DISTIL_INIT_MODEL=init; PRECISION=\n{steps}'
+              'do_train; do_train_hn; do_train_reranker; do_train_distil; echo CHECKS\n'
+              'check_stage1_model; check_stage2_model; check_reranker\n')
+    for retrain in ("0", "1", "2"):
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
+                                env=pipeline_env(PYTHON=str(recorder), MODEL=str(tmp_path), OUT=str(out),
+                                                 RERANK_DIR=str(out / "rerank"), RETRAIN=retrain),
+                                cwd=tmp_path, timeout=60)
+        if retrain == "2":
+            assert result.returncode == 2
+            assert result.stderr.splitlines() == ["error: RETRAIN must be 0 or 1, not '2' (settings.sh)"]
+            continue
+        assert result.returncode == 0, result.stderr
+        trained, checked = result.stdout.split("CHECKS\n")
+        outputs = [line.split("--output_dir ")[1].split()[0] for line in trained.splitlines()]
+        assert outputs == [f"{out}/model", f"{out}/model-hn", f"{out}/rerank/reranker",
+                           f"{out}/rerank/{Path(outputs[3]).parent.name}/model-distil"]
+        assert [line.endswith(" --overwrite_output_dir") for line in trained.splitlines()] == [retrain == "1"] * 4
+        assert len(checked.splitlines()) == 3 and "--overwrite_output_dir" not in checked
