@@ -13,8 +13,8 @@
 # (RESULT_SETTINGS in msmarco-passage-ranking/pipeline_common.sh), so two configurations never share a
 # folder. Stage 3 nests in OUT by its own settings: rerank.sh writes to RERANK_DIR (OUT/rerank-<hash of the
 # RERANKER_* and RERANK_* settings but RERANK_BATCH, and of STAGE3_SEED where it is not SEED>), distil.sh to
-# DISTIL_DIR (RERANK_DIR/distil-<hash of the DISTIL_* settings>), so a stage-3 setting never retrains stages 1 and 2, and a DISTIL_* one never the
-# reranker. An OUT (RERANK_DIR, DISTIL_DIR) you set is used as given; a finished model there trained with
+# DISTIL_DIR (RERANK_DIR/distil-<hash of the DISTIL_* settings>), so a stage-3 setting never retrains stages 1
+# and 2, and a DISTIL_* one never the reranker. An OUT (RERANK_DIR, DISTIL_DIR) you set is used as given; a finished model there trained with
 # other settings is refused in one line naming what differs.
 
 # ================================================================== YOUR SETTINGS (edit here)

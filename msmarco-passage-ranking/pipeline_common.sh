@@ -216,7 +216,6 @@ resolve_precision() {
 
 normalize_flag() { [[ $NORMALIZE == 1 ]] && echo "--normalize" || true; }
 
-# LORA=1: train an adapter; the model folders then hold adapters, which the encode driver loads on their base.
 # retrain_flag: the flag a script's own training step gets (RETRAIN=1); check_* steps never take it.
 retrain_flag() {
   case $RETRAIN in
@@ -226,6 +225,7 @@ retrain_flag() {
   esac
 }
 
+# LORA=1: train an adapter; the model folders then hold adapters, which the encode driver loads on their base.
 lora_flags() {
   case $LORA in
     1|true|yes) echo "--lora --lora_r $LORA_R --lora_alpha $LORA_ALPHA" ;;

@@ -265,12 +265,11 @@ def test_changed_lr_goes_elsewhere_or_is_refused(seed_flow):
     # RETRAIN=1 trains the given folder again in place: new_out, back at the first LR, scores the first run's MRR
     log = check_ok(run_script("run.sh", dict(seed_flow["env"], OUT=str(new_out), RETRAIN="1"), work), "RETRAIN=1")
     assert not any("up to date" in line for line in step_sections(log)["train"])
-    def learning_rate(folder):
-        return json.loads((folder / "model" / ".complete").read_text())["provenance"]["learning_rate"]
-    assert learning_rate(new_out) == learning_rate(out) != 1e-5
-    def mrr(folder):
-        return json.loads((folder / "metrics" / "stage1.json").read_text())["MRR@10"]
-    assert mrr(new_out) == mrr(out)
+    learning_rates = [json.loads((folder / "model" / ".complete").read_text())["provenance"]["learning_rate"]
+                      for folder in (new_out, out)]
+    assert learning_rates[0] == learning_rates[1] != 1e-5
+    mrrs = [json.loads((folder / "metrics" / "stage1.json").read_text())["MRR@10"] for folder in (new_out, out)]
+    assert mrrs[0] == mrrs[1]
 
 
 # --------------------------------------------------------------------------- failures and odd data
@@ -328,6 +327,18 @@ def shell_settings(names, env_overrides: dict, settings_file: Path = SETTINGS, r
                             capture_output=True, text=True, timeout=60, cwd=cwd)
     assert result.returncode == 0, result.stderr
     return dict(zip(names, result.stdout.splitlines()))
+
+
+def recorded_commands(body: str, cwd: Path, **settings) -> subprocess.CompletedProcess:
+    """``body`` run after the scripts' settings and shell functions (resolve_settings done), with a PYTHON that
+    prints each command it is given (one line) instead of running it."""
+    recorder = cwd / "python"
+    recorder.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$*"\n')
+    recorder.chmod(0o755)
+    script = (f'set -a; source "{SETTINGS}"; set +a\n'
+              f'source "{REPO_ROOT}/msmarco-passage-ranking/pipeline_common.sh"\nresolve_settings\n{body}')
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60,
+                          env=pipeline_env(PYTHON=str(recorder), **settings), cwd=cwd)
 
 
 def test_settings_edits_and_environment_win_over_the_profile(tmp_path):
@@ -458,9 +469,6 @@ def test_format_text_prefixes_reach_training_and_encoding(tmp_path):
 def test_retrain_reaches_each_scripts_training_step_and_no_check_step(tmp_path):
     """RETRAIN=1: run.sh's, train_hn.sh's, rerank.sh's and distil.sh's own training step gets
     --overwrite_output_dir; the check steps (a later script confirming an earlier model) never do."""
-    recorder = tmp_path / "python"
-    recorder.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$*"\n')
-    recorder.chmod(0o755)
     out = tmp_path / "out"
     for folder in ("model", "model-hn", "rerank/reranker"):
         (out / folder).mkdir(parents=True)
@@ -469,15 +477,12 @@ def test_retrain_reaches_each_scripts_training_step_and_no_check_step(tmp_path):
                     for line in (REPO_ROOT / script).read_text().splitlines()
                     if re.match(r"do_train\w*\(\)", line))
     assert steps.count("\n") == 4, steps
-    script = (f'set -a; source "{SETTINGS}"; set +a; source "{REPO_ROOT}/msmarco-passage-ranking/pipeline_common.sh"\n'
-              f'resolve_settings; INIT_MODEL=init; DISTIL_INIT_MODEL=init; PRECISION=\n{steps}'
-              'do_train; do_train_hn; do_train_reranker; do_train_distil; echo CHECKS\n'
-              'check_stage1_model; check_stage2_model; check_reranker\n')
+    body = (f'INIT_MODEL=init; DISTIL_INIT_MODEL=init; PRECISION=\n{steps}'
+            'do_train; do_train_hn; do_train_reranker; do_train_distil; echo CHECKS\n'
+            'check_stage1_model; check_stage2_model; check_reranker\n')
     for retrain in ("0", "1", "2"):
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
-                                env=pipeline_env(PYTHON=str(recorder), MODEL=str(tmp_path), OUT=str(out),
-                                                 RERANK_DIR=str(out / "rerank"), RETRAIN=retrain),
-                                cwd=tmp_path, timeout=60)
+        result = recorded_commands(body, tmp_path, MODEL=str(tmp_path), OUT=str(out), RERANK_DIR=str(out / "rerank"),
+                                   RETRAIN=retrain)
         if retrain == "2":
             assert result.returncode == 2
             assert result.stderr.splitlines() == ["error: RETRAIN must be 0 or 1, not '2' (settings.sh)"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,8 +22,8 @@ from helpers import REPO_ROOT
 from tevatron.provenance import model_identity
 from tevatron.tensor_files import load_encodings
 from tevatron.text_formats import iter_jsonl
-from test_pipeline import (check_ok, make_rocketqa, out_folder, pipeline_env, run_script, shell_settings,
-                           step_sections)
+from test_pipeline import (check_ok, make_rocketqa, out_folder, pipeline_env, recorded_commands, run_script,
+                           shell_settings, step_sections)
 
 # Stands in for tevatron.reranker's three drivers: the same flags, outputs of the same shape and a skip
 # when called again with the same flags.
@@ -277,16 +276,8 @@ def test_stage3_settings_name_nested_folders_and_never_move_stages_1_and_2(tmp_p
 def test_stage3_seed_reaches_the_reranker_and_the_distillation_only(tmp_path):
     """STAGE3_SEED trains stage 3 again with another seed; stages 1 and 2 keep SEED."""
     marco = make_rocketqa(tmp_path / "mymarco", n_passages=20, n_train=2, n_dev=2)
-    recorder = tmp_path / "python"
-    recorder.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$*"\n')
-    recorder.chmod(0o755)
-    script = (f'set -a; source "{REPO_ROOT}/settings.sh"; set +a\n'
-              f'source "{REPO_ROOT}/msmarco-passage-ranking/pipeline_common.sh"\n'
-              'resolve_settings; DISTIL_INIT_MODEL=init; PRECISION=\n'
-              'train_stage1; train_reranker; train_distilled\n')
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60,
-                            env=pipeline_env(DATA=str(marco), PYTHON=str(recorder), SEED="5", STAGE3_SEED="7"),
-                            cwd=tmp_path)
+    result = recorded_commands("DISTIL_INIT_MODEL=init; PRECISION=\ntrain_stage1; train_reranker; train_distilled\n",
+                               tmp_path, DATA=str(marco), SEED="5", STAGE3_SEED="7")
     assert result.returncode == 0, result.stderr
     stage1, reranker, distilled = result.stdout.splitlines()
     seed = lambda command: command.split(" --seed ")[1].split()[0]  # noqa: E731
