@@ -55,7 +55,7 @@ def tied_corpus(tmp_path):
     return write_corpus(tmp_path, passage_reps, query_reps, [250, 251, 520])
 
 
-@pytest.mark.parametrize("backend", ["torch", "faiss"])
+@pytest.mark.parametrize("backend", ["torch", "torch_bf16", "faiss"])
 def test_reduced_shards_equal_search_all_at_once_with_ties(tied_corpus, tmp_path, backend):
     score_dir = tmp_path / "scores"
     search_each_shard(tied_corpus, score_dir, depth=30, backend=backend)

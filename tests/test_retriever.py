@@ -1,4 +1,4 @@
-"""Exact search: torch backend vs faiss IndexFlatIP, tie rule, batching, shards, command line."""
+"""Exact search: torch, torch_bf16 and faiss IndexFlatIP, tie rule, batching, shards, command line."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tevatron.faiss_retriever.bf16_search import Bf16RescoredSearcher
 from tevatron.faiss_retriever.retriever import (FaissFlatIPSearcher, TorchFlatIPSearcher, load_passage_shards,
                                                 main, measured_backend, search_passages)
 from tevatron.faiss_retriever.topk import merge_topk, order_by_score_then_position
@@ -21,6 +22,7 @@ from tevatron.tensor_files import load_shard_ranking, save_encodings
 from tevatron.text_formats import read_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+EXACT_BACKENDS = ("torch", "torch_bf16", "faiss")
 
 
 # --------------------------------------------------------------------------- data
@@ -77,11 +79,12 @@ def test_torch_backend_ids_identical_to_indexflatip(depth):
     index.add(passage_reps)
     expected_scores, expected_ids = index.search(query_reps, depth)
 
-    searcher = TorchFlatIPSearcher(split_rows(passage_reps, [1100, 1900]), block_rows=512)
-    scores, positions = searcher.search(torch.from_numpy(query_reps), depth)
+    for searcher in (TorchFlatIPSearcher(split_rows(passage_reps, [1100, 1900]), block_rows=512),
+                     Bf16RescoredSearcher(split_rows(passage_reps, [1100, 1900]), block_rows=512)):
+        scores, positions = searcher.search(torch.from_numpy(query_reps), depth)
 
-    np.testing.assert_array_equal(positions.numpy(), expected_ids)
-    np.testing.assert_allclose(scores.numpy(), expected_scores, rtol=0, atol=1e-4)
+        np.testing.assert_array_equal(positions.numpy(), expected_ids)
+        np.testing.assert_allclose(scores.numpy(), expected_scores, rtol=0, atol=1e-4)
 
 
 def test_torch_backend_agrees_with_indexflatip_on_gaussian_vectors():
@@ -92,23 +95,25 @@ def test_torch_backend_agrees_with_indexflatip_on_gaussian_vectors():
     index = faiss.IndexFlatIP(128)
     index.add(passage_reps)
     expected_scores, expected_ids = index.search(query_reps, 50)
-    scores, positions = TorchFlatIPSearcher([torch.from_numpy(passage_reps)], 1024).search(
-        torch.from_numpy(query_reps), 50)
-    np.testing.assert_allclose(scores.numpy(), expected_scores, atol=1e-4)
-    for row, column in np.argwhere(positions.numpy() != expected_ids):
-        neighbours = expected_scores[row, max(column - 1, 0):column + 2]
-        assert np.ptp(neighbours) < 1e-4, f"query {row} rank {column}: ids differ outside a near-tie"
+    for searcher in (TorchFlatIPSearcher([torch.from_numpy(passage_reps)], 1024),
+                     Bf16RescoredSearcher([torch.from_numpy(passage_reps)], 1024)):
+        scores, positions = searcher.search(torch.from_numpy(query_reps), 50)
+        np.testing.assert_allclose(scores.numpy(), expected_scores, atol=1e-4)
+        for row, column in np.argwhere(positions.numpy() != expected_ids):
+            neighbours = expected_scores[row, max(column - 1, 0):column + 2]
+            assert np.ptp(neighbours) < 1e-4, f"query {row} rank {column}: ids differ outside a near-tie"
 
 
 @pytest.mark.parametrize("depth", [1, 7, 64, 5000])
-def test_ties_go_to_the_lower_position_in_both_backends(depth):
+def test_ties_go_to_the_lower_position_in_every_backend(depth):
     query_reps, passage_reps = tied_data(passages=1500, queries=30)
     expected = reference_ranking(query_reps, passage_reps, depth)
     shards = split_rows(passage_reps, [400, 410, 1000])
     for block_rows, query_chunk_rows in ((64, 7), (1000, 1024)):
-        searcher = TorchFlatIPSearcher(shards, block_rows, query_chunk_rows)
-        _, positions = searcher.search(torch.from_numpy(query_reps), depth)
-        np.testing.assert_array_equal(positions.numpy(), expected)
+        for searcher_class in (TorchFlatIPSearcher, Bf16RescoredSearcher):
+            searcher = searcher_class(shards, block_rows, query_chunk_rows)
+            _, positions = searcher.search(torch.from_numpy(query_reps), depth)
+            np.testing.assert_array_equal(positions.numpy(), expected)
     _, positions = FaissFlatIPSearcher(shards).search(torch.from_numpy(query_reps), depth)
     np.testing.assert_array_equal(positions.numpy(), expected)
 
@@ -119,7 +124,7 @@ def test_batching_gives_the_same_result_as_one_batch():
     queries = torch.from_numpy(query_reps)
     whole_scores, whole_positions = search_passages(queries, passages, depth=20, batch_size=1000)
     for batch_size in (1, 7, 49):
-        for backend in ("torch", "faiss"):
+        for backend in EXACT_BACKENDS:
             scores, positions = search_passages(queries, passages, depth=20, batch_size=batch_size, backend=backend)
             assert torch.equal(positions, whole_positions)
             assert torch.equal(scores, whole_scores)
@@ -128,14 +133,14 @@ def test_batching_gives_the_same_result_as_one_batch():
 def test_depth_beyond_the_collection_returns_every_passage():
     query_reps, passage_reps = distinct_score_data(passages=40, queries=5, dim=16)
     passages = load_shards_from_arrays(passage_reps)
-    for backend in ("torch", "faiss"):
+    for backend in EXACT_BACKENDS:
         scores, positions = search_passages(torch.from_numpy(query_reps), passages, depth=1000, backend=backend)
         assert positions.shape == (5, 40)
         np.testing.assert_array_equal(positions.numpy(), reference_ranking(query_reps, passage_reps, 40))
         assert bool((scores[:, :-1] >= scores[:, 1:]).all())
 
 
-@pytest.mark.parametrize("backend", ["torch", "faiss"])
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
 def test_float16_encodings_search_exactly_like_their_values_stored_as_float32(tmp_path, backend):
     """float16 shards are widened block by block; the result equals a float32 search of the same values."""
     rng = np.random.default_rng(7)
@@ -169,12 +174,24 @@ def test_auto_backend_is_measured_once_per_shape_and_logged_in_one_line(caplog):
     caplog.set_level(logging.INFO, logger="tevatron.faiss_retriever.retriever")
     measured_backend.cache_clear()
     choice = measured_backend(24, 10, passages=1024, queries=64)
-    assert choice in ("torch", "faiss")
+    assert choice in EXACT_BACKENDS
     assert measured_backend(24, 10, passages=1024, queries=64) == choice
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("search backend auto: ")]
     assert len(lines) == 1 and lines[0].startswith(f"search backend auto: {choice} (")
-    assert "torch " in lines[0] and "faiss " in lines[0] and "queries/s" in lines[0]
+    assert "torch " in lines[0] and "torch_bf16 " in lines[0] and "faiss " in lines[0] and "queries/s" in lines[0]
     measured_backend.cache_clear()
+
+
+@pytest.mark.parametrize("rates, expected", [
+    ({"torch": 100.0, "torch_bf16": 110.0, "faiss": 90.0}, "torch"),   # bf16 ahead, but by less than 15%
+    ({"torch": 100.0, "torch_bf16": 120.0, "faiss": 90.0}, "torch_bf16"),
+    ({"torch": 100.0, "torch_bf16": 120.0, "faiss": 140.0}, "faiss"),
+    ({"torch": 100.0, "torch_bf16": 40.0, "faiss": 99.0}, "torch"),    # CPUs without native bf16
+])
+def test_auto_takes_bf16_only_when_it_wins_clearly(rates, expected):
+    from tevatron.faiss_retriever.retriever import fastest_backend
+
+    assert fastest_backend(rates) == expected
 
 
 def test_auto_backend_does_not_measure_for_a_collection_smaller_than_its_sample(caplog):
@@ -228,7 +245,7 @@ def test_glob_of_shards_equals_single_file(encoded):
 
 def test_text_output_with_string_ids_and_both_backends(encoded):
     folder = encoded["dir"]
-    for backend in ("torch", "faiss"):
+    for backend in EXACT_BACKENDS:
         output = folder / f"rank.{backend}.txt"
         assert search_cli(encoded["queries"], folder / "corpus.*.pt", output, "--save_text", "--backend", backend) == 0
     lines = (folder / "rank.torch.txt").read_text(encoding="utf-8").splitlines()

@@ -1,18 +1,21 @@
 """Exact inner-product search of query encodings against (sharded) passage encodings.
 
-Two backends return the same ranking:
+Three backends return the same ranking:
 
 * ``torch`` multiplies query batches with passage blocks (one GEMM each) and keeps a running top-k.
   On CPU it runs close to the fp32 matmul peak, because the only per-element work besides the GEMM
   is either one ``topk`` (first blocks) or one comparison against the running k-th score.
+* ``torch_bf16`` does the same GEMM in bf16 to select, within a proven error bound, the passages that
+  can reach the top k, and re-scores those exactly (:mod:`tevatron.faiss_retriever.bf16_search`):
+  faster where the CPU multiplies bf16 natively (AMX, AVX512-BF16).
 * ``faiss`` uses ``IndexFlatIP``; it is kept so that other FAISS index types can be plugged in.
-* ``auto`` (default) times both once per process on a small random sample shaped like the search
-  (:func:`measured_backend`) and uses the faster: which one wins depends on the CPU and its BLAS.
+* ``auto`` (default) times them once per process on a random sample shaped like the search
+  (:func:`measured_backend`) and uses the fastest: which one wins depends on the CPU and its BLAS.
 
 float16 encodings are widened to float32 just before use: one passage block per GEMM (torch), one
 shard at a time into the index (faiss), so the search equals one over float32 copies of the same values.
 
-Ranking rule (both backends): score descending, then passage position ascending, where the position
+Ranking rule (every backend): score descending, then passage position ascending, where the position
 is the row in the concatenation of the sorted shard files.  FAISS alone breaks ties arbitrarily, so
 its output is normalised to this rule.
 
@@ -41,6 +44,7 @@ from tqdm import tqdm
 from tevatron.argument_checks import NON_NEGATIVE, POSITIVE, SEED, check_ranges, parse_dataclasses
 from tevatron.cpu_kernels import onednn_matmul_bt
 from tevatron.cli import command
+from tevatron.faiss_retriever.bf16_search import Bf16RescoredSearcher
 from tevatron.faiss_retriever.index import (DEFAULT_TRAIN_SIZE, FLAT, FaissIndexSearcher, IndexSettings,
                                            check_settings, default_index_path, effective_knobs, load_or_build_index)
 from tevatron.faiss_retriever.topk import candidates_above, exact_topk, merge_topk, order_by_score_then_position
@@ -51,13 +55,15 @@ from tevatron.text_formats import write_ranking
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "faiss")
+BACKENDS = ("auto", "torch", "torch_bf16", "faiss")
 # One GEMM multiplies at most QUERY_CHUNK_ROWS queries with DEFAULT_BLOCK_ROWS passages: a 128 MiB
 # score buffer whatever --batch_size is.  Wide passage blocks matter more than tall query chunks: the
 # running top-k is merged once per block, so fewer, wider blocks mean less merging per query, while
 # 1024 queries already keep the GEMM at full speed and re-reading the passages per chunk is cheap.
 QUERY_CHUNK_ROWS = 1024
 DEFAULT_BLOCK_ROWS = 32768
+# auto takes torch_bf16 only when it beats the others by this factor on random vectors (see measured_backend)
+BF16_MARGIN = 1.15
 
 
 @dataclass
@@ -70,7 +76,7 @@ class SearchArguments:
     depth: int = field(default=1000, metadata={"help": "passages returned per query"})
     batch_size: int = field(default=4096, metadata={"help": "queries per search call (one progress step)"})
     save_text: bool = field(default=False, metadata={"help": "write 'qid<TAB>pid<TAB>score' text instead of binary"})
-    backend: str = field(default="auto", metadata={"help": "auto (the faster of the two, measured once), torch or faiss", "choices": list(BACKENDS)})
+    backend: str = field(default="auto", metadata={"help": "auto (the fastest, measured once), torch, torch_bf16 (bf16 selection, exact re-scoring) or faiss", "choices": list(BACKENDS)})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output instead of skipping"})
     passage_block_size: int = field(default=0, metadata={"help": f"passages per GEMM block (torch; 0 = {DEFAULT_BLOCK_ROWS})"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar"})
@@ -207,7 +213,7 @@ class TorchFlatIPSearcher:
         self.blocks = passage_blocks(shards, block_rows)
         self.total = sum(int(shard.shape[0]) for shard in shards)
         self.query_chunk_rows = query_chunk_rows
-        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._buffer: torch.Tensor | None = None
         self._widened: torch.Tensor | None = None
 
     def _float32_block(self, block: torch.Tensor) -> torch.Tensor:
@@ -221,11 +227,11 @@ class TorchFlatIPSearcher:
         widened.copy_(block)
         return widened
 
-    def _score_buffers(self, elements: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reuse one score and one mask buffer across blocks; re-allocating costs ~15% of the GEMM."""
-        if self._buffers is None or self._buffers[0].numel() < elements:
-            self._buffers = (torch.empty(elements, dtype=torch.float32), torch.empty(elements, dtype=torch.bool))
-        return self._buffers
+    def _score_buffer(self, elements: int) -> torch.Tensor:
+        """Reuse one score buffer across blocks; re-allocating costs ~15% of the GEMM."""
+        if self._buffer is None or self._buffer.numel() < elements:
+            self._buffer = torch.empty(elements, dtype=torch.float32)
+        return self._buffer
 
     def search(self, queries: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
         k = min(depth, self.total)
@@ -237,7 +243,7 @@ class TorchFlatIPSearcher:
 
     def _search_chunk(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         queries = queries.to(torch.float32).contiguous()
-        score_buffer, mask_buffer = self._score_buffers(queries.shape[0] * max(b.shape[0] for _, b in self.blocks))
+        score_buffer = self._score_buffer(queries.shape[0] * max(b.shape[0] for _, b in self.blocks))
         best_scores = queries.new_empty((queries.shape[0], 0))
         best_positions = torch.empty((queries.shape[0], 0), dtype=torch.int64)
         for first, block in self.blocks:
@@ -248,17 +254,16 @@ class TorchFlatIPSearcher:
             else:
                 scores = score_buffer[: shape[0] * shape[1]].view(shape)
                 torch.matmul(queries, block.T, out=scores)
-            block_scores, block_columns = self._block_candidates(scores, best_scores, k, mask_buffer)
+            block_scores, block_columns = self._block_candidates(scores, best_scores, k)
             best_scores, best_positions = merge_topk(best_scores, best_positions, block_scores,
                                                      block_columns + first, k)
         return best_scores, best_positions
 
     @staticmethod
-    def _block_candidates(scores, best_scores, k, mask_buffer):
+    def _block_candidates(scores, best_scores, k):
         """Once k results are held, only entries beating the current k-th score can enter."""
         if best_scores.shape[1] == k:
-            mask = mask_buffer[: scores.numel()].view(scores.shape)
-            packed = candidates_above(scores, best_scores[:, -1:], mask, max_per_row=max(k, scores.shape[1] // 8))
+            packed = candidates_above(scores, best_scores[:, -1:], max_per_row=max(k, scores.shape[1] // 8))
             if packed is not None:
                 return packed
         return exact_topk(scores, k)
@@ -298,37 +303,54 @@ class FaissFlatIPSearcher:
         return scores[chosen], positions[chosen]
 
 
+def exact_searcher(backend: str, shards: Sequence[torch.Tensor], block_rows: int = DEFAULT_BLOCK_ROWS) -> Searcher:
+    """The searcher of an explicit exact backend (``torch``, ``torch_bf16`` or ``faiss``)."""
+    if backend == "faiss":
+        return FaissFlatIPSearcher(shards)
+    if backend == "torch_bf16":
+        return Bf16RescoredSearcher(shards, block_rows)
+    return TorchFlatIPSearcher(shards, block_rows)
+
+
 @functools.lru_cache(maxsize=None)  # one measurement per process and search shape
 def measured_backend(dim: int, depth: int, passages: int = DEFAULT_BLOCK_ROWS, queries: int = 256,
                      repeats: int = 2) -> str:
-    """The faster exact backend on this machine, timed on random vectors of the search's dimension and
+    """The fastest exact backend on this machine, timed on random vectors of the search's dimension and
     depth: one full-width passage block (larger than CPU caches, like real shards) and a few hundred queries.
 
-    Which one wins depends on the CPU and the BLAS each links (torch: MKL/oneDNN, FAISS: OpenBLAS).  A
-    sample of a few thousand passages picked the wrong one on the AMD dev CPU (FAISS: its vectors stay in
-    cache there and torch's top-k is not amortised), so the sample is a full block.  Both backends give
-    the same ranking (scores may differ in the last bits), so the choice changes speed only.
+    Which one wins depends on the CPU and the BLAS each links (torch: MKL/oneDNN, FAISS: OpenBLAS) and on
+    whether it multiplies bf16 natively (AMX).  A sample of a few thousand passages picked the wrong one
+    on the AMD dev CPU (FAISS: its vectors stay in cache there and torch's top-k is not amortised), so
+    the sample is a full block.  All give the same ranking (scores may differ in the last bits), so the
+    choice changes speed only.  Random vectors are the bf16 backend's best case (few passages to
+    re-score); real encodings re-score more, which is why it must win clearly (by 15%) to be chosen.
     """
     generator = torch.Generator().manual_seed(0)
     sample_passages = torch.randn((passages, dim), generator=generator)
     sample_queries = torch.randn((queries, dim), generator=generator)
     k = min(depth, passages)
 
-    searchers = {"torch": TorchFlatIPSearcher([sample_passages]),
-                 "faiss": FaissFlatIPSearcher([sample_passages])}
+    searchers = {name: exact_searcher(name, [sample_passages]) for name in ("torch", "torch_bf16", "faiss")}
     best_seconds = {name: float("inf") for name in searchers}
     for searcher in searchers.values():
         searcher.search(sample_queries[:8], k)  # warm-up: thread pools, buffers
-    for _ in range(repeats):  # interleaved, best of N: both see the same load of a shared machine
+    for _ in range(repeats):  # interleaved, best of N: all see the same load of a shared machine
         for name, searcher in searchers.items():
             started = time.perf_counter()
             searcher.search(sample_queries, k)
             best_seconds[name] = min(best_seconds[name], time.perf_counter() - started)
-    torch_rate, faiss_rate = (queries / max(best_seconds[name], 1e-9) for name in ("torch", "faiss"))
-    choice = "torch" if torch_rate >= faiss_rate else "faiss"
+    rates = {name: queries / max(seconds, 1e-9) for name, seconds in best_seconds.items()}
+    choice = fastest_backend(rates)
     logger.info("search backend auto: %s (measured on %d random passages x %d queries, dim %d, depth %d: "
-                "torch %.0f, faiss %.0f queries/s)", choice, passages, queries, dim, k, torch_rate, faiss_rate)
+                "torch %.0f, torch_bf16 %.0f, faiss %.0f queries/s)", choice, passages, queries, dim, k,
+                rates["torch"], rates["torch_bf16"], rates["faiss"])
     return choice
+
+
+def fastest_backend(rates: dict[str, float]) -> str:
+    """The backend with the most queries/s, where torch_bf16 counts only when it wins by ``BF16_MARGIN``."""
+    discounted = {name: rate / BF16_MARGIN if name == "torch_bf16" else rate for name, rate in rates.items()}
+    return max(discounted, key=discounted.get)
 
 
 def resolve_backend(backend: str, dim: int, depth: int, total_passages: int | None = None) -> str:
@@ -347,10 +369,7 @@ def resolve_backend(backend: str, dim: int, depth: int, total_passages: int | No
 def build_searcher(backend: str, passages: PassageShards, block_rows: int = DEFAULT_BLOCK_ROWS,
                    depth: int = 1000) -> Searcher:
     """``depth`` shapes the measurement of ``auto`` (see :func:`measured_backend`)."""
-    backend = resolve_backend(backend, passages.dim, depth, passages.count)
-    if backend == "faiss":
-        return FaissFlatIPSearcher(passages.reps)
-    return TorchFlatIPSearcher(passages.reps, block_rows)
+    return exact_searcher(resolve_backend(backend, passages.dim, depth, passages.count), passages.reps, block_rows)
 
 
 # --------------------------------------------------------------------------- search driver
@@ -401,8 +420,8 @@ def encodings_source(path) -> dict:
 
 
 def search_provenance(args: SearchArguments) -> dict:
-    """What a ranking depends on.  Both backends give the same ranking (same tie rule), so the search is
-    recorded as "exact" rather than by backend: a re-run whose ``auto`` measured the other backend
+    """What a ranking depends on.  The exact backends give the same ranking (same tie rule), so the search is
+    recorded as "exact" rather than by backend: a re-run whose ``auto`` measured another backend
     faster keeps the ranking.  Batch and block sizes change nothing either.  Any other index is recorded
     by what changes its ranking: factory, training sample and seed, and the knobs given (FAISS's defaults
     otherwise, which :func:`index_search_record` spells out)."""

@@ -66,26 +66,70 @@ def merge_topk(scores_a, positions_a, scores_b, positions_b, k: int) -> tuple[to
     return scores[:, :keep].contiguous(), positions[:, :keep].contiguous()
 
 
-def candidates_above(scores: torch.Tensor, threshold: torch.Tensor, mask: torch.Tensor, max_per_row: int
+# entries_above scans group maxima first: one pass over the scores instead of a full comparison mask and
+# its nonzero (~3x less time where few entries pass, as after the first blocks of a search)
+ENTRY_GROUP = 128
+
+
+def entries_above(scores: torch.Tensor, threshold: torch.Tensor, strict: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, columns)`` of the entries above each row's ``threshold`` (``[q, 1]``; ``>`` when
+    ``strict``, else ``>=``), row by row with columns ascending, like ``nonzero``.
+
+    Only the groups of ``ENTRY_GROUP`` columns whose maximum passes are compared entry by entry.
+    """
+    compare = torch.gt if strict else torch.ge
+    rows_count, width = scores.shape
+    grouped_width = width - width % ENTRY_GROUP
+    groups = scores[:, :grouped_width].view(rows_count, -1, ENTRY_GROUP) if grouped_width else None
+    found_rows, found_columns = [], []
+    if groups is not None:
+        group_rows, group_numbers = compare(groups.amax(dim=2), threshold).nonzero(as_tuple=True)
+        members = groups[group_rows, group_numbers]
+        member_index, offsets = compare(members, threshold[group_rows]).nonzero(as_tuple=True)
+        found_rows.append(group_rows[member_index])
+        found_columns.append(group_numbers[member_index] * ENTRY_GROUP + offsets)
+    if grouped_width < width:  # the last, partial group
+        tail_rows, tail_columns = compare(scores[:, grouped_width:], threshold).nonzero(as_tuple=True)
+        found_rows.append(tail_rows)
+        found_columns.append(tail_columns + grouped_width)
+    if len(found_rows) == 1:
+        return found_rows[0], found_columns[0]
+    rows, columns = torch.cat(found_rows), torch.cat(found_columns)
+    order = (rows * width + columns).argsort()
+    return rows[order], columns[order]
+
+
+def candidates_above(scores: torch.Tensor, threshold: torch.Tensor, max_per_row: int
                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Entries strictly above each row's threshold, ranked into ``[q, m]`` (padding last: -inf, -1).
 
     Equal scores are excluded because a later block loses ties.  Returns None when some row has more
     than ``max_per_row`` candidates (then a plain top-k over the block is cheaper).
     """
-    torch.gt(scores, threshold, out=mask)
-    rows, columns = mask.nonzero(as_tuple=True)
+    rows, columns = entries_above(scores, threshold)
     if rows.numel() == 0:
         return scores.new_empty((scores.shape[0], 0)), rows.new_empty((scores.shape[0], 0))
     per_row = torch.bincount(rows, minlength=scores.shape[0])
-    widest = int(per_row.max())
-    if widest > max_per_row:
+    if int(per_row.max()) > max_per_row:
         return None
+    return ranked_candidates(rows, columns, scores[rows, columns], scores.shape[0], per_row)
+
+
+def ranked_candidates(rows: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, row_count: int,
+                      per_row: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries ``(rows, columns, values)``, listed row by row with columns ascending (``nonzero``'s
+    order), packed into ranked ``[row_count, m]`` rows (score descending, ties by column; padding last:
+    -inf, -1)."""
+    if rows.numel() == 0:
+        return values.new_empty((row_count, 0)), rows.new_empty((row_count, 0))
+    if per_row is None:
+        per_row = torch.bincount(rows, minlength=row_count)
     row_start = torch.cumsum(per_row, 0) - per_row
     slot = torch.arange(rows.numel()) - row_start[rows]
-    packed_scores = scores.new_full((scores.shape[0], widest), float("-inf"))
-    packed_columns = torch.full((scores.shape[0], widest), -1, dtype=torch.int64)
-    packed_scores[rows, slot] = scores[rows, columns]
+    packed_scores = values.new_full((row_count, int(per_row.max())), float("-inf"))
+    packed_columns = torch.full((row_count, int(per_row.max())), -1, dtype=torch.int64)
+    packed_scores[rows, slot] = values
     packed_columns[rows, slot] = columns
     packed_scores, by_score = packed_scores.sort(dim=1, descending=True, stable=True)  # columns already ascend
     return packed_scores, packed_columns.gather(1, by_score)
