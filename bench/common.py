@@ -121,3 +121,12 @@ def non_embedding_parameters(model_dir) -> int:
     from transformers import AutoModel
     model = AutoModel.from_pretrained(model_dir)
     return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n and "pooler" not in n)
+
+
+def cpu_has_bf16() -> bool:
+    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX), per /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (V1_PYTHON, measure_matmul_peak, minilm_dir, non_embedding_parameters, run_timed,  # noqa: E402
+from common import (V1_PYTHON, cpu_has_bf16, measure_matmul_peak, minilm_dir, non_embedding_parameters, run_timed,  # noqa: E402
                     scifact_texts, v1_available)
 
 Q_MAX_LEN, P_MAX_LEN = 32, 128
@@ -247,15 +247,6 @@ def main(argv=None):
             else:
                 os.environ["HF_DATASETS_CACHE"] = saved_cache
     report(results, ideal, args)
-
-
-def cpu_has_bf16() -> bool:
-    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX), per /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def run_workloads(workloads, results, work, run_v1, model, padder, device, autocast_dtype, args):

@@ -5,8 +5,10 @@
     python bench/search_throughput.py --sizes 1000000 --depths 10 100 --skip_reducer --json runs/search_1m.json   # what the README ran
 
 Exact search: the fp32 matmul peak (bench/common.py: the best of torch.mm and oneDNN on 2048^3) is
-measured first, and each row gives the fraction of it our torch backend reached.  ``auto q/s`` is the
-rate of the backend ``--backend auto`` picks (the default), so ``auto/faiss`` is the default's ratio.
+measured first, and each row gives the fraction of it our torch backend reached (``t/peak``) and the
+fp32-equivalent rate of the torch_bf16 backend against it (``b/peak``: 2 x passages x dim flops per query
+over its time, so above 100% means faster than any fp32 GEMM could be).  ``auto q/s`` is the rate of the
+backend ``--backend auto`` picks (the default), so ``auto/faiss`` is the default's ratio.
 
 Index types (``--n`` passages, ``--datasets``): for each factory string (built by
 tevatron.faiss_retriever.index, the code ``--index`` runs; IVF lists from ``--nlist``) and each search
@@ -18,7 +20,7 @@ target (recall@100 >= 0.95, >= 10x exact q/s, <= 1/4 of exact's memory) are mark
 as dense-retrieval encodings are).
 
 For each collection size (random 768-d float32 vectors) and depth, the same queries are searched by
-the torch backend and by a raw ``faiss.IndexFlatIP``; queries/s are printed side by side with their
+the torch and torch_bf16 backends and by a raw ``faiss.IndexFlatIP``; queries/s are printed side by side with their
 ratio and the backend ``--backend auto`` picks for that dimension and depth (from its small random
 sample, measured before the timings: compare it with the ratio), next to the bare blocked-GEMM rate
 with torch.matmul (MKL; the ceiling of the torch backend) and with numpy.matmul (OpenBLAS, the BLAS family FAISS links).  Timings on a shared machine move
@@ -44,8 +46,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tevatron.faiss_retriever.index import FaissIndexSearcher, IndexSettings, apply_knobs, build_index
-from tevatron.faiss_retriever.retriever import (DEFAULT_BLOCK_ROWS, QUERY_CHUNK_ROWS, PassageShards, TorchFlatIPSearcher,
-                                                build_searcher, measured_backend, search_in_batches)
+from tevatron.faiss_retriever.retriever import (DEFAULT_BLOCK_ROWS, QUERY_CHUNK_ROWS, PassageShards, build_searcher,
+                                                exact_searcher, resolve_backend, search_in_batches)
 from tevatron.faiss_retriever.topk import order_by_score_then_position
 from tevatron.tensor_files import save_encodings, save_shard_ranking
 
@@ -96,8 +98,8 @@ def gemm_queries_per_second(queries: torch.Tensor, passages: torch.Tensor, libra
     return queries.shape[0] / (time.perf_counter() - started)
 
 
-def torch_search(queries, passages, depth, batch_size) -> tuple[float, np.ndarray]:
-    searcher = TorchFlatIPSearcher([passages])
+def torch_search(queries, passages, depth, batch_size, backend: str = "torch") -> tuple[float, np.ndarray]:
+    searcher = exact_searcher(backend, [passages])
     started = time.perf_counter()
     _, positions = search_in_batches(searcher, queries, depth, batch_size, passages.shape[0], progress=False)
     return queries.shape[0] / (time.perf_counter() - started), positions.numpy()
@@ -123,19 +125,24 @@ def bench_size(size: int, args, peak_gflops: float) -> list[dict]:
     gflop_per_query = 2 * size * args.dim / 1e9
     rows = []
     for depth in args.depths:
-        auto_choice = measured_backend(args.dim, depth)  # once per process and shape, as in a search
-        torch_qps, faiss_qps = 0.0, 0.0
-        for _ in range(args.repeats):  # interleaved, best of N: both backends see the same machine load
+        auto_choice = resolve_backend("auto", args.dim, depth, size)  # measured as a search of this size does
+        torch_qps, bf16_qps, faiss_qps = 0.0, 0.0, 0.0
+        for _ in range(args.repeats):  # interleaved, best of N: every backend sees the same machine load
             qps, torch_ids = torch_search(queries, passages, depth, args.batch_size)
             torch_qps = max(torch_qps, qps)
+            qps, bf16_ids = torch_search(queries, passages, depth, args.batch_size, "torch_bf16")
+            bf16_qps = max(bf16_qps, qps)
             qps, faiss_ids = faiss_search(index, queries.numpy(), depth)
             faiss_qps = max(faiss_qps, qps)
+        rates = {"torch": torch_qps, "torch_bf16": bf16_qps, "faiss": faiss_qps}
         rows.append({"passages": size, "depth": depth, "queries": args.queries, "torch_qps": torch_qps,
+                     "bf16_qps": bf16_qps, "bf16_gflops": bf16_qps * gflop_per_query,
+                     "bf16_same_ids": float((bf16_ids == faiss_ids).mean()),
                      "faiss_qps": faiss_qps, "ratio": torch_qps / faiss_qps, "auto": auto_choice, "gemm_qps": gemm_qps,
                      "numpy_gemm_qps": numpy_gemm_qps, "numpy_gemm_gflops": numpy_gemm_qps * gflop_per_query,
                      "torch_gflops": torch_qps * gflop_per_query, "faiss_gflops": faiss_qps * gflop_per_query,
                      "gemm_gflops": gemm_qps * gflop_per_query, "peak_gflops": peak_gflops,
-                     "auto_qps": torch_qps if auto_choice == "torch" else faiss_qps,
+                     "auto_qps": rates[auto_choice],
                      "same_ids": float((torch_ids == faiss_ids).mean())})
         print_search_row(rows[-1])
     del index, passages
@@ -144,11 +151,13 @@ def bench_size(size: int, args, peak_gflops: float) -> list[dict]:
 
 
 def print_search_row(row: dict) -> None:
-    print(f"{row['passages']:>9,d} {row['depth']:>5d} {row['torch_qps']:>10.1f} {row['faiss_qps']:>10.1f} "
-          f"{row['ratio']:>6.2f}x {row['auto']:>5} {row['auto_qps'] / row['faiss_qps']:>9.2f}x "
+    print(f"{row['passages']:>9,d} {row['depth']:>5d} {row['torch_qps']:>10.1f} {row['bf16_qps']:>10.1f} "
+          f"{row['faiss_qps']:>10.1f} {row['ratio']:>6.2f}x {row['bf16_qps'] / row['faiss_qps']:>6.2f}x "
+          f"{row['auto']:>10} {row['auto_qps'] / row['faiss_qps']:>9.2f}x "
           f"{row['gemm_qps']:>10.1f} {row['torch_gflops']:>7.1f} {row['faiss_gflops']:>7.1f} "
           f"{row['torch_qps'] / row['gemm_qps']:>6.0%} {row['torch_gflops'] / row['peak_gflops']:>6.0%} "
-          f"{row['numpy_gemm_gflops']:>7.1f} {row['same_ids']:>8.4f}", flush=True)
+          f"{row['bf16_gflops'] / row['peak_gflops']:>6.0%} "
+          f"{row['numpy_gemm_gflops']:>7.1f} {row['same_ids']:>8.4f} {row['bf16_same_ids']:>8.4f}", flush=True)
 
 
 # --------------------------------------------------------------------------- index types
@@ -336,8 +345,9 @@ def main(argv=None) -> int:
           f"fp32 matmul peak {peak:.0f} GFLOP/s ({', '.join(f'{k} {v:.0f}' for k, v in peak_rates.items())})")
     print(f"queries={args.queries}, dim={args.dim}, "
           f"torch batch={args.batch_size} (GEMM {QUERY_CHUNK_ROWS} queries x {DEFAULT_BLOCK_ROWS} passages)")
-    print(f"{'passages':>9} {'depth':>5} {'torch q/s':>10} {'faiss q/s':>10} {'ratio':>7} {'auto':>5} {'auto/faiss':>10} "
-          f"{'gemm q/s':>10} {'t GF/s':>7} {'f GF/s':>7} {'t/gemm':>6} {'t/peak':>6} {'np GF/s':>7} {'same ids':>8}")
+    print(f"{'passages':>9} {'depth':>5} {'torch q/s':>10} {'bf16 q/s':>10} {'faiss q/s':>10} {'t/f':>7} {'b/f':>7} "
+          f"{'auto':>10} {'auto/faiss':>10} {'gemm q/s':>10} {'t GF/s':>7} {'f GF/s':>7} {'t/gemm':>6} {'t/peak':>6} "
+          f"{'b/peak':>6} {'np GF/s':>7} {'same ids':>8} {'bf16 ids':>8}")
     report = {"load_average_before": os.getloadavg()[0], "cpu": cpu_model(), "peak_gflops": peak_rates,
               "search": [row for size in args.sizes for row in bench_size(size, args, peak)]}
     if not args.skip_indexes:

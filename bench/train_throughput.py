@@ -7,6 +7,10 @@ the extra steps is the steady-state step time (start-up and the first, slower st
 
     python bench/train_throughput.py                     # CPU, both drivers + memory
     python bench/train_throughput.py --fp16 --skip_memory   # on a GPU
+
+On a CPU whose flags list avx512_bf16 or amx_bf16, ours also runs with ``--bf16`` (which uses bf16 autocast
+only where a measurement of the model's shape shows it clearly faster; the driver's decision line is
+printed) and its step time is compared with fp32's.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (V1_PYTHON, measure_matmul_peak, minilm_dir, non_embedding_parameters, run_timed,  # noqa: E402
+from common import (V1_PYTHON, cpu_has_bf16, measure_matmul_peak, minilm_dir, non_embedding_parameters, run_timed,  # noqa: E402
                     train_runtime, v1_available, write_train_groups)
 
 
@@ -46,6 +50,9 @@ def seconds_per_step(python, train_dir, work: Path, name: str, args, extra=()) -
         output, _ = run_timed(driver_command(python, train_dir, work / f"{name}-{steps}", steps, args, extra),
                               cwd=work, ours=python == sys.executable)
         runtimes[steps] = train_runtime(output)
+    for line in output.splitlines():  # the driver's precision decision, where --bf16 was asked
+        if "--bf16" in line:
+            print(f"  [{name}] {line.strip()}")
     return (runtimes[args.long] - runtimes[args.short]) / (args.long - args.short)
 
 
@@ -80,12 +87,17 @@ def main():
         if not args.skip_v1 and v1_available():
             results["tevatron v1"] = seconds_per_step(V1_PYTHON, work / "train", work, "v1", args)
         results["ours"] = seconds_per_step(sys.executable, work / "train", work, "ours", args)
+        if not args.fp16 and cpu_has_bf16():
+            results["ours --bf16"] = seconds_per_step(sys.executable, work / "train", work, "ours-bf16", args,
+                                                      ("--bf16",))
         print(f"\nseconds per step (batch {args.batch} x {args.n_passages} passages, q32/p128, "
               f"{'fp16' if args.fp16 else 'fp32'}):")
         for name, seconds in results.items():
             print(f"  {name:12s} {seconds:6.2f} s/step   {limit / seconds:5.0%} of the physical limit")
         if "tevatron v1" in results:
             print(f"  speed-up over v1: {results['tevatron v1'] / results['ours']:.2f}x")
+        if "ours --bf16" in results:
+            print(f"  --bf16 against fp32 (ours): {results['ours'] / results['ours --bf16']:.2f}x")
 
         if not args.skip_memory:
             print(f"\npeak memory at batch {args.memory_batch} x {args.n_passages} (1 step, ours):")

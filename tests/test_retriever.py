@@ -173,13 +173,25 @@ def test_torch_backend_widens_float16_one_block_at_a_time():
 def test_auto_backend_is_measured_once_per_shape_and_logged_in_one_line(caplog):
     caplog.set_level(logging.INFO, logger="tevatron.faiss_retriever.retriever")
     measured_backend.cache_clear()
-    choice = measured_backend(24, 10, passages=1024, queries=64)
+    choice = measured_backend(24, 10, 30, block_rows=1024, queries=64)
     assert choice in EXACT_BACKENDS
-    assert measured_backend(24, 10, passages=1024, queries=64) == choice
+    assert measured_backend(24, 10, 30, block_rows=1024, queries=64) == choice
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("search backend auto: ")]
     assert len(lines) == 1 and lines[0].startswith(f"search backend auto: {choice} (")
     assert "torch " in lines[0] and "torch_bf16 " in lines[0] and "faiss " in lines[0] and "queries/s" in lines[0]
     measured_backend.cache_clear()
+
+
+def test_auto_measures_for_the_collections_number_of_blocks(monkeypatch):
+    """One block measures only the first-block top-k; later blocks are where a large search spends its time."""
+    from tevatron.faiss_retriever import retriever
+
+    asked = []
+    monkeypatch.setattr(retriever, "measured_backend", lambda dim, depth, blocks: asked.append(blocks) or "torch")
+    retriever.resolve_backend("auto", 16, 10, total_passages=40_000)
+    retriever.resolve_backend("auto", 16, 10, total_passages=10_000_000)
+    assert asked == [2, 306]  # 32,768 passages a block
+    assert retriever.MEASURE_BLOCKS >= 2
 
 
 @pytest.mark.parametrize("rates, expected", [
