@@ -194,6 +194,19 @@ def test_auto_measures_for_the_collections_number_of_blocks(monkeypatch):
     assert retriever.MEASURE_BLOCKS >= 2
 
 
+@pytest.mark.parametrize("first, a, c", [(1.0, 0.5, 0.0), (2.0, 0.25, 1.5), (0.3, 0.0, 0.8)])
+def test_expected_seconds_recovers_a_search_that_follows_the_block_model(first, a, c):
+    """Timings on 1, 2 and 4 blocks of a search whose block b costs a + c/(b-1) predict its time on any size."""
+    from tevatron.faiss_retriever.retriever import expected_seconds
+
+    def search_seconds(blocks):
+        return first + sum(a + c / (block - 1) for block in range(2, blocks + 1))
+
+    measured = {blocks: search_seconds(blocks) for blocks in (1, 2, 4)}
+    for blocks in (1, 2, 3, 4, 31, 300):
+        assert expected_seconds(measured, blocks) == pytest.approx(search_seconds(blocks), rel=1e-9)
+
+
 @pytest.mark.parametrize("rates, expected", [
     ({"torch": 100.0, "torch_bf16": 110.0, "faiss": 90.0}, "torch"),   # bf16 ahead, but by less than 15%
     ({"torch": 100.0, "torch_bf16": 120.0, "faiss": 90.0}, "torch_bf16"),

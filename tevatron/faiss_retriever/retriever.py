@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -64,8 +65,8 @@ QUERY_CHUNK_ROWS = 1024
 DEFAULT_BLOCK_ROWS = 32768
 # auto takes torch_bf16 only when it beats the others by this factor on random vectors (see measured_backend)
 BF16_MARGIN = 1.15
-# auto times each backend on one block and on this many (see measured_backend)
-MEASURE_BLOCKS = 3
+# auto times each backend on 1, 2 and this many blocks (see measured_backend; expected_seconds assumes 4)
+MEASURE_BLOCKS = 4
 
 
 @dataclass
@@ -322,42 +323,60 @@ def measured_backend(dim: int, depth: int, search_blocks: int, block_rows: int =
 
     Which one wins depends on the CPU and the BLAS each links (torch: MKL/oneDNN, FAISS: OpenBLAS), on
     whether it multiplies bf16 natively (AMX), and on the collection's size: the torch backends pay a full
-    top-k in their first block and only a threshold scan in later ones, FAISS the same per passage
-    throughout.  So each is timed on one block and on ``MEASURE_BLOCKS`` blocks (full width: larger than
-    CPU caches, like real shards; a few thousand passages picked the wrong backend on the AMD dev CPU),
-    and its time is extrapolated to ``search_blocks`` (first block + later blocks x their measured cost):
-    one block alone picked FAISS on an AMX Xeon where torch_bf16 searched 1M passages 2.6x faster.
+    top-k in their first block, then in block b only for the ~k/(b-1) passages that beat the running k-th
+    score, while FAISS pays the same for every block.  So each backend is timed on 1, 2 and 4 full-width
+    blocks (larger than CPU caches, like real shards; a few thousand passages picked the wrong backend on
+    the AMD dev CPU), block b's cost is fitted as ``a + c / (b - 1)`` and summed over ``search_blocks``
+    (:func:`expected_seconds`): one block alone picked FAISS on an AMX Xeon where torch_bf16 searched 1M
+    passages 2.6x faster, and a straight-line extrapolation from 3 blocks still did at depth 200.
     All give the same ranking (scores may differ in the last bits), so the choice changes speed only.
     Random vectors are the bf16 backend's best case (few passages to re-score); real encodings re-score
     more, which is why it must win clearly (``BF16_MARGIN``) to be chosen.
     """
+    sizes = sorted({min(blocks, search_blocks) for blocks in (1, 2, MEASURE_BLOCKS)})
     generator = torch.Generator().manual_seed(0)
-    sample_passages = torch.randn((MEASURE_BLOCKS * block_rows, dim), generator=generator)
+    sample_passages = torch.randn((sizes[-1] * block_rows, dim), generator=generator)
     sample_queries = torch.randn((queries, dim), generator=generator)
     k = min(depth, block_rows)
 
     names = ("torch", "torch_bf16", "faiss")
-    searchers = {(name, blocks): exact_searcher(name, [sample_passages[: blocks * block_rows]], block_rows)
-                 for name in names for blocks in (1, MEASURE_BLOCKS)}
-    best_seconds = {key: float("inf") for key in searchers}
-    for searcher in searchers.values():
-        searcher.search(sample_queries[:8], k)  # warm-up: thread pools, buffers
-    for _ in range(repeats):  # interleaved, best of N: all see the same load of a shared machine
-        for key, searcher in searchers.items():
-            started = time.perf_counter()
-            searcher.search(sample_queries, k)
-            best_seconds[key] = min(best_seconds[key], time.perf_counter() - started)
-    rates = {}
-    for name in names:
-        first, sample = best_seconds[(name, 1)], best_seconds[(name, MEASURE_BLOCKS)]
-        later_block = max(sample - first, 0.0) / (MEASURE_BLOCKS - 1)
-        rates[name] = queries / max(first + later_block * (search_blocks - 1), 1e-9)
+    seconds = {key: float("inf") for key in itertools.product(names, sizes)}
+    for name in names:  # one backend's searchers at a time: FAISS and bf16 hold copies of the sample
+        searchers = {blocks: exact_searcher(name, [sample_passages[: blocks * block_rows]], block_rows)
+                     for blocks in sizes}
+        for searcher in searchers.values():
+            searcher.search(sample_queries[:8], k)  # warm-up: thread pools, buffers
+        for _ in range(repeats):  # best of N
+            for blocks, searcher in searchers.items():
+                started = time.perf_counter()
+                searcher.search(sample_queries, k)
+                seconds[name, blocks] = min(seconds[name, blocks], time.perf_counter() - started)
+    rates = {name: queries / max(expected_seconds({blocks: seconds[name, blocks] for blocks in sizes}, search_blocks),
+                                 1e-9) for name in names}
     choice = fastest_backend(rates)
-    logger.info("search backend auto: %s (measured on 1 and %d blocks of %d random passages x %d queries, dim %d, "
+    logger.info("search backend auto: %s (measured on %s blocks of %d random passages x %d queries, dim %d, "
                 "depth %d; expected for %d blocks: torch %.0f, torch_bf16 %.0f, faiss %.0f queries/s)", choice,
-                MEASURE_BLOCKS, block_rows, queries, dim, k, search_blocks,
+                "/".join(map(str, sizes)), block_rows, queries, dim, k, search_blocks,
                 rates["torch"], rates["torch_bf16"], rates["faiss"])
     return choice
+
+
+def expected_seconds(measured: dict[int, float], search_blocks: int) -> float:
+    """A search's time over ``search_blocks`` blocks from searches timed on 1, 2 and 4 blocks.
+
+    Block b > 1 is modelled as ``a + c / (b - 1)`` (a: the product and the scan; c: the passages that beat
+    the running k-th score, fewer in each later block), fitted exactly to the three timings (a, c >= 0).
+    """
+    if search_blocks in measured:
+        return measured[search_blocks]
+    one, two, four = measured[1], measured[2], measured[MEASURE_BLOCKS]
+    second = max(two - one, 0.0)                 # a + c
+    third_and_fourth = max(four - two, 0.0)      # 2a + c (1/2 + 1/3)
+    c = max((2 * second - third_and_fourth) / (2 - 5 / 6), 0.0)
+    a = max(second - c, 0.0)
+    later = search_blocks - 1
+    harmonic = sum(1.0 / block for block in range(1, later + 1))
+    return one + a * later + c * harmonic
 
 
 def fastest_backend(rates: dict[str, float]) -> str:
