@@ -117,7 +117,7 @@ def main(argv=None):
     rates = measure_matmul_peak(device, torch.float32)
     peak = max(rates.values())
     params = non_embedding_parameters(model_dir)
-    print(f"matmul peak (fp32): " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()) + f" GFLOP/s -> {peak:.0f}")
+    print("matmul peak (fp32): " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()) + f" GFLOP/s -> {peak:.0f}")
     print(f"non-embedding parameters {params / 1e6:.2f} M; physical limit {peak * 1e9 / (2 * params):,.0f} "
           f"real tokens/s")
     print(f"\n{'path':<44}{'seconds':>9}{'pairs/s':>10}{'tokens/s':>10}{'GFLOP/s':>9}{'% peak':>8}")

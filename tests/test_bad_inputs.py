@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from helpers import REPO_ROOT, error_lines, run_module
+from helpers import REPO_ROOT, error_lines
 from tevatron.tensor_files import load_shard_ranking, save_encodings, save_shard_ranking
 from tevatron.text_formats import write_qrels, write_tsv
 

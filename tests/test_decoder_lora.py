@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers import build_model, loss_and_grads, make_batch, make_tiny_bert, run_module, toy_corpus, toy_groups, \
+from helpers import build_model, loss_and_grads, make_batch, run_module, toy_corpus, toy_groups, \
     write_jsonl
 from tevatron.cli import CommandError
 from tevatron.data import SequencePadder, sample_group

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,7 +189,7 @@ def test_seed_commands_and_scripts_agree(seed_flow):
     assert out.parent == work / "runs" and re.fullmatch(r"rocketqa-small-marco-[0-9a-f]{8}", out.name)
     for script in ("run.sh", "mine_hard_neg.sh", "train_hn.sh"):
         assert f"==> OUT=runs/{out.name} " in logs[script]
-        assert f"==> data: marco" in logs[script]
+        assert "==> data: marco" in logs[script]
 
     qrels = read_qrels(data / "qrels.dev.tsv")
     by_hand_mrr = mrr_at_10(qrels, marco_run(work / "ranking" / "rank.txt.marco"))
