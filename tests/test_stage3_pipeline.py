@@ -377,7 +377,21 @@ def test_format_text_stage3_gives_the_tokenized_numbers(stage3_flow):
     for name in ("rerank_bm25", "rerank_stage2"):
         assert scores(rerank_dir / "metrics" / f"{name}.json") == scores(
             stage3_flow["rerank_dir"] / "metrics" / f"{name}.json"), name
-    assert scores(distil_dir / "metrics" / "distil.json") == scores(stage3_flow["distil_dir"] / "metrics" / "distil.json")
+    # The distilled tiny model scores every passage ~32.0 to within 1e-5, so its ranking (and MRR) is decided
+    # by float rounding: on an Intel Xeon the two flows' MRR@10 came out 0.02 and 0.0 from vectors 8e-7
+    # apart.  What FORMAT=text must keep is what the numbers are made of: the teacher scores and the
+    # distilled model's vectors.
+    text_groups = [group for _, group in iter_jsonl(distil_dir / "train-distil" / "split00.json")]
+    tokenized_groups = [group for _, group in iter_jsonl(stage3_flow["distil_dir"] / "train-distil" / "split00.json")]
+    assert len(text_groups) == len(tokenized_groups)
+    for text_group, tokenized_group in zip(text_groups, tokenized_groups):
+        for key in ("positive_scores", "negative_scores"):
+            assert text_group[key] == pytest.approx(tokenized_group[key], abs=1e-4, rel=0)
+    for name in ("dev.query.pt", "corpus/split00.pt"):
+        text_reps = load_encodings(distil_dir / "encoding" / "distil" / name)
+        tokenized_reps = load_encodings(stage3_flow["distil_dir"] / "encoding" / "distil" / name)
+        assert text_reps[1] == tokenized_reps[1]
+        assert (text_reps[0] - tokenized_reps[0]).abs().max() < 1e-5
     # the teacher scores sit beside the raw passages, under the tokenized groups' names
     scored = next(iter_jsonl(distil_dir / "train-distil" / "split00.json"))[1]
     assert isinstance(scored["query"], str)
