@@ -178,9 +178,10 @@ class Bf16RescoredSearcher:
         """``(rows, columns)`` of every entry whose exact score could enter the running top-k; None when
         ``cap`` and some row keeps more than an eighth of the block (then fp32 selects more tightly)."""
         most = max(2 * k, approximate.shape[1] // 8)
-        held_full = best_scores.shape[1] == k
-        if held_full:  # entries that can beat the held k-th score
-            rows, columns = at_or_above(approximate, bound.below(best_scores[:, -1:]))
+        # entries that can beat the held k-th score (once k are held)
+        can_beat_held = bound.below(best_scores[:, -1:]) if best_scores.shape[1] == k else None
+        if can_beat_held is not None:
+            rows, columns = at_or_above(approximate, can_beat_held)
             if widest_row(rows) <= most:
                 return rows, columns
         if approximate.shape[1] <= k:  # the whole block
@@ -189,8 +190,8 @@ class Bf16RescoredSearcher:
             kth = torch.topk(approximate, k, dim=1).values[:, -1:].float()
             magnitude = approximate.abs().amax(dim=1, keepdim=True).float()
             threshold = kth - 2 * bound.window(magnitude)
-            if held_full:
-                threshold = torch.maximum(threshold, bound.below(best_scores[:, -1:]))
+            if can_beat_held is not None:
+                threshold = torch.maximum(threshold, can_beat_held)
         rows, columns = at_or_above(approximate, threshold)
         if cap and widest_row(rows) > most:
             return None

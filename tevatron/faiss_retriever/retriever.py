@@ -65,7 +65,7 @@ QUERY_CHUNK_ROWS = 1024
 DEFAULT_BLOCK_ROWS = 32768
 # auto takes torch_bf16 only when it beats the others by this factor on random vectors (see measured_backend)
 BF16_MARGIN = 1.15
-# auto times each backend on 1, 2 and this many blocks (see measured_backend; expected_seconds assumes 4)
+# auto times each backend on 1, 2 and this many (> 2) blocks (see measured_backend and expected_seconds)
 MEASURE_BLOCKS = 4
 
 
@@ -362,21 +362,23 @@ def measured_backend(dim: int, depth: int, search_blocks: int, block_rows: int =
 
 
 def expected_seconds(measured: dict[int, float], search_blocks: int) -> float:
-    """A search's time over ``search_blocks`` blocks from searches timed on 1, 2 and 4 blocks.
+    """A search's time over ``search_blocks`` blocks from searches timed on 1, 2 and ``MEASURE_BLOCKS`` blocks.
 
     Block b > 1 is modelled as ``a + c / (b - 1)`` (a: the product and the scan; c: the passages that beat
     the running k-th score, fewer in each later block), fitted exactly to the three timings (a, c >= 0).
     """
     if search_blocks in measured:
         return measured[search_blocks]
-    one, two, four = measured[1], measured[2], measured[MEASURE_BLOCKS]
-    second = max(two - one, 0.0)                 # a + c
-    third_and_fourth = max(four - two, 0.0)      # 2a + c (1/2 + 1/3)
-    c = max((2 * second - third_and_fourth) / (2 - 5 / 6), 0.0)
+
+    def harmonic(first: int, last: int) -> float:
+        return sum(1.0 / n for n in range(first, last + 1))
+
+    second = max(measured[2] - measured[1], 0.0)                    # a + c
+    rest = max(measured[MEASURE_BLOCKS] - measured[2], 0.0)         # blocks 3..M: (M - 2) a + c H(2..M-1)
+    extra_blocks, extra_harmonic = MEASURE_BLOCKS - 2, harmonic(2, MEASURE_BLOCKS - 1)
+    c = max((extra_blocks * second - rest) / (extra_blocks - extra_harmonic), 0.0)
     a = max(second - c, 0.0)
-    later = search_blocks - 1
-    harmonic = sum(1.0 / block for block in range(1, later + 1))
-    return one + a * later + c * harmonic
+    return measured[1] + a * (search_blocks - 1) + c * harmonic(1, search_blocks - 1)
 
 
 def fastest_backend(rates: dict[str, float]) -> str:

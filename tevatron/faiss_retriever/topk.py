@@ -108,10 +108,8 @@ def candidates_above(scores: torch.Tensor, threshold: torch.Tensor, max_per_row:
     than ``max_per_row`` candidates (then a plain top-k over the block is cheaper).
     """
     rows, columns = entries_above(scores, threshold)
-    if rows.numel() == 0:
-        return scores.new_empty((scores.shape[0], 0)), rows.new_empty((scores.shape[0], 0))
     per_row = torch.bincount(rows, minlength=scores.shape[0])
-    if int(per_row.max()) > max_per_row:
+    if rows.numel() and int(per_row.max()) > max_per_row:
         return None
     return ranked_candidates(rows, columns, scores[rows, columns], scores.shape[0], per_row)
 
@@ -127,8 +125,9 @@ def ranked_candidates(rows: torch.Tensor, columns: torch.Tensor, values: torch.T
         per_row = torch.bincount(rows, minlength=row_count)
     row_start = torch.cumsum(per_row, 0) - per_row
     slot = torch.arange(rows.numel()) - row_start[rows]
-    packed_scores = values.new_full((row_count, int(per_row.max())), float("-inf"))
-    packed_columns = torch.full((row_count, int(per_row.max())), -1, dtype=torch.int64)
+    widest = int(per_row.max())
+    packed_scores = values.new_full((row_count, widest), float("-inf"))
+    packed_columns = torch.full((row_count, widest), -1, dtype=torch.int64)
     packed_scores[rows, slot] = values
     packed_columns[rows, slot] = columns
     packed_scores, by_score = packed_scores.sort(dim=1, descending=True, stable=True)  # columns already ascend
