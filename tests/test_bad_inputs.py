@@ -109,10 +109,13 @@ def check_known_ids_only(folder: Path) -> None:
     assert [g["query_id"] for g in groups] == ["q1", "q2"] and all(len(g["positives"]) == 1 for g in groups)
 
 
-def encodings_inputs(folder: Path, query_dim: int = 16, truncate: bool = False) -> None:
+def encodings_inputs(folder: Path, query_dim: int = 16, truncate: bool = False, nan_row: int | None = None) -> None:
     rng = np.random.default_rng(0)
     save_encodings(folder / "q.pt", rng.standard_normal((3, query_dim), dtype=np.float32), ["q1", "q2", "q3"])
-    save_encodings(folder / "p.pt", rng.standard_normal((5, 32), dtype=np.float32), [f"p{i}" for i in range(5)])
+    passages = rng.standard_normal((5, 32), dtype=np.float32)
+    if nan_row is not None:
+        passages[nan_row, 7] = np.nan
+    save_encodings(folder / "p.pt", passages, [f"p{i}" for i in range(5)])
     if truncate:
         data = (folder / "p.pt").read_bytes()
         (folder / "p.pt").write_bytes(data[: len(data) // 2])
@@ -498,6 +501,11 @@ CASES = {
          "rank.pt", "--depth", "3"),
         error="p.pt: not a readable encodings file (truncated or wrong format: ", error_prefix=True,
         outputs=("rank.pt",)),
+    "encodings-nan": Case(
+        "a passage vector holding NaN (written by another tool)", lambda f: encodings_inputs(f, 32, nan_row=3),
+        ("-m", "tevatron.faiss_retriever", "--query_reps", "q.pt", "--passage_reps", "p.pt", "--save_ranking_to",
+         "rank.pt", "--depth", "3", "--backend", "torch_bf16"),
+        error="p.pt: 1 of 5 vectors hold NaN or inf (the first is row 3, id 'p3')", outputs=("rank.pt",)),
     "index-unknown-factory": Case(
         "`--index` string FAISS cannot parse", lambda f: encodings_inputs(f, query_dim=32),
         ("-m", "tevatron.faiss_retriever", "--query_reps", "q.pt", "--passage_reps", "p.pt", "--save_ranking_to",

@@ -85,9 +85,21 @@ def _torch_load(path, what: str) -> dict:
 
 def load_encodings(path) -> tuple[torch.Tensor, list[str]]:
     """Load ``(reps [N, dim], ids)`` written by :func:`save_encodings`; ``reps`` is float32 or float16
-    as saved (memory-mapped, so a float16 file is not widened here)."""
+    as saved (memory-mapped, so a float16 file is not widened here).  A NaN or infinite value is refused:
+    it would rank its passage first or last (or, in a bf16 search, void the error bound of its block)."""
     payload = _load_encodings_payload(path)
-    return payload["reps"], payload["ids"]
+    reps, ids = payload["reps"], payload["ids"]
+    bad_rows = torch.cat([(~torch.isfinite(reps[start:start + FINITE_CHECK_ROWS])).any(dim=1).nonzero().flatten() + start
+                          for start in range(0, reps.shape[0], FINITE_CHECK_ROWS)] or [torch.empty(0, dtype=torch.int64)])
+    if bad_rows.numel():
+        first = int(bad_rows[0])
+        raise InputError(path, f"{bad_rows.numel()} of {reps.shape[0]} vectors hold NaN or inf (the first is row "
+                               f"{first}, id {ids[first]!r})")
+    return reps, ids
+
+
+# rows checked for NaN/inf at a time: bounds the temporary mask (a whole shard's would be ~700 MB)
+FINITE_CHECK_ROWS = 65536
 
 
 def encodings_provenance(path) -> dict | None:
