@@ -222,16 +222,17 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_ber
     one the kill left unfinished (no completion marker), and ones whose files a crash cut afterwards
     (a cut model.safetensors, a cut optimizer.pt), which must not end in a safetensors traceback."""
     from tevatron.modeling import DenseModel
+    from tevatron.trainer import checkpoint_cpu_linear
 
     data = write_jsonl(tmp_path / "data" / "train.jsonl", toy_groups(200, n_negatives=4))
 
-    def command(out: Path) -> list[str]:
+    def command(out: Path, cpu_linear: str = "auto") -> list[str]:
         return module_command("tevatron.driver.train", "--output_dir", out, "--model_name_or_path", tiny_bert_dir,
                               "--train_dir", data.parent, "--per_device_train_batch_size", 4,
                               "--train_n_passages", 3, "--learning_rate", 1e-3, "--seed", 7, "--logging_steps", 10,
                               "--q_max_len", 16, "--p_max_len", 48, "--cache_dir", tmp_path / "cache",
                               "--save_strategy", "steps", "--save_steps", 2, "--save_total_limit", 3,
-                              "--num_train_epochs", 1, "--dataloader_num_workers", 0)
+                              "--num_train_epochs", 1, "--dataloader_num_workers", 0, "--cpu_linear", cpu_linear)
 
     out = tmp_path / "killed"
     run_and_kill(command(out), tmp_path / "killed.log", lambda _err: len(_complete_checkpoints(out)) >= 3)
@@ -241,6 +242,8 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_ber
     step = int(cut_model.name.split("-")[1])
     assert step < 50, "the kill landed after training ended"
     midway = DenseModel.load(resume_from).state_dict()
+    kernel = checkpoint_cpu_linear(resume_from)  # what --cpu_linear auto measured in the killed run
+    assert kernel in ("onednn", "torch")
     _cut(cut_model / "model.safetensors")
     _cut(cut_optimizer / "optimizer.pt")
     # A kill while saving the next checkpoint leaves it without its completion marker.
@@ -255,14 +258,48 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_weights(tiny_ber
                      "removing it", rerun.stderr), rerun.stderr[-3000:]
     assert f"{cut_optimizer}: optimizer.pt is cut" in rerun.stderr
     assert f"resuming the interrupted run from {resume_from}" in rerun.stderr
+    # a fresh measurement could pick the other kernel, which rounds otherwise: the resumed steps keep it
+    assert f"resuming with the linear kernel the interrupted run used ({kernel})" in rerun.stderr
     assert (out / ".complete").is_file() and not list(out.glob("checkpoint-*"))
-    run(command(tmp_path / "straight"), tmp_path / "straight.log")
+    run(command(tmp_path / "straight", kernel), tmp_path / "straight.log")
     got = DenseModel.load(out).state_dict()
     expected = DenseModel.load(tmp_path / "straight").state_dict()
     assert got.keys() == expected.keys()
     for name in expected:
         assert torch.allclose(got[name], expected[name], atol=1e-6, rtol=0), name
     assert any(not torch.equal(midway[n], expected[n]) for n in expected), "the resumed run trained further"
+
+
+@pytest.mark.parametrize("recorded", ["onednn", "torch"])
+def test_a_resumed_run_keeps_the_cpu_linear_kernel_its_checkpoint_recorded(tmp_path, monkeypatch, recorded):
+    """--cpu_linear auto measures anew in each process; resuming takes the checkpoint's kernel instead,
+    whatever the new measurement says, while an explicit --cpu_linear and a fresh run are left as asked."""
+    from types import SimpleNamespace
+
+    from tevatron import cpu_kernels
+    from tevatron.trainer import checkpoint_cpu_linear, mark_checkpoint_complete, use_cpu_kernels
+
+    if not cpu_kernels.onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN linear")
+    other = {"onednn": "torch", "torch": "onednn"}[recorded]
+    monkeypatch.setattr(cpu_kernels, "onednn_is_faster", lambda: other == "onednn")  # the new measurement
+    folder = tmp_path / "checkpoint-4"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    mark_checkpoint_complete(folder, 4, {"seed": 7}, recorded)
+    assert checkpoint_cpu_linear(folder) == recorded
+
+    def kernel(cpu_linear: str, resume_from) -> str:
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        args = SimpleNamespace(cpu_linear=cpu_linear, cpu_dropout="torch")
+        training = SimpleNamespace(device=torch.device("cpu"), resume_from_checkpoint=resume_from)
+        return use_cpu_kernels(model, args, training)
+
+    assert kernel("auto", str(folder)) == recorded
+    assert kernel("auto", None) == other
+    assert kernel(other, str(folder)) == other
+    mark_checkpoint_complete(folder, 4, {"seed": 7})  # a checkpoint from before kernels were recorded
+    assert checkpoint_cpu_linear(folder) is None and kernel("auto", str(folder)) == other
 
 
 def test_unfinished_checkpoints_are_skipped_and_removed(tmp_path):

@@ -21,6 +21,7 @@ from transformers import Trainer, TrainerCallback
 
 from . import provenance
 from .cli import CommandError
+from .cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
 from .data import list_data_files
 from .files import InputError, atomic_text_writer, staged_files
 from .gradcache import grad_cache_step
@@ -65,9 +66,10 @@ class _NoCheckpointAtTheEnd(TrainerCallback):
 
 
 class TevatronTrainer(Trainer):
-    def __init__(self, *args, run_provenance: dict | None = None, **kwargs):
+    def __init__(self, *args, run_provenance: dict | None = None, cpu_linear: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_provenance = run_provenance  # recorded in each checkpoint: a resume must be the same run
+        self.cpu_linear = cpu_linear  # the CPU GEMM kernel chosen (see use_cpu_kernels), recorded likewise
         if hasattr(self.train_dataset, "set_epoch"):
             self.add_callback(_EpochToDataset(self.train_dataset))
         self.add_callback(_NoCheckpointAtTheEnd())  # after HF's DefaultFlowCallback, so it has the last word
@@ -130,7 +132,7 @@ class TevatronTrainer(Trainer):
         self.accelerator.wait_for_everyone()  # every process has written its part (its RNG state)
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            mark_checkpoint_complete(folder, self.state.global_step, self.run_provenance)
+            mark_checkpoint_complete(folder, self.state.global_step, self.run_provenance, self.cpu_linear)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = self.accelerator.unwrap_model(model or self.model)
@@ -243,16 +245,45 @@ def _checkpoint_files(folder) -> dict[str, int]:
     return found
 
 
-def mark_checkpoint_complete(folder, step: int, run_provenance: dict | None) -> None:
+def mark_checkpoint_complete(folder, step: int, run_provenance: dict | None, cpu_linear: str | None = None) -> None:
     """Write ``CHECKPOINT_MARKER`` into a checkpoint HF has finished saving, after flushing its files to
     disk, so that a crash can leave a checkpoint without the marker but never a marked one that is cut."""
     files = _checkpoint_files(folder)
     for name in files:
         with open(os.path.join(folder, name), "rb") as handle:
             os.fsync(handle.fileno())
+    marker = {"step": step, "files": files, "provenance": provenance.with_digests(run_provenance)}
+    if cpu_linear is not None:
+        marker["cpu_linear"] = cpu_linear
     with atomic_text_writer(os.path.join(folder, CHECKPOINT_MARKER)) as out:
-        json.dump({"step": step, "files": files, "provenance": provenance.with_digests(run_provenance)}, out,
-                  indent=1, sort_keys=True)
+        json.dump(marker, out, indent=1, sort_keys=True)
+
+
+def checkpoint_cpu_linear(folder) -> str | None:
+    """The CPU GEMM kernel ("onednn" or "torch") the run that saved checkpoint ``folder`` used, if recorded."""
+    kernel = (_read_marker(folder) or {}).get("cpu_linear")
+    return kernel if kernel in ("onednn", "torch") else None
+
+
+def use_cpu_kernels(model, model_args, training_args) -> str | None:
+    """Set up a CPU training run's kernels (``--cpu_linear``, ``--cpu_dropout``); the GEMM kernel used, or
+    None off the CPU.
+
+    ``--cpu_linear auto`` times oneDNN against MKL, and machine load can tip that measurement; the two
+    round differently, so a resumed run that chose anew would not end with the weights of an uninterrupted
+    one.  A resumed ``auto`` run therefore takes the kernel its checkpoint recorded."""
+    if training_args.device.type != "cpu":
+        return None
+    wanted = model_args.cpu_linear
+    resume_from = training_args.resume_from_checkpoint
+    recorded = checkpoint_cpu_linear(resume_from) if isinstance(resume_from, str) else None
+    if wanted == "auto" and recorded is not None:
+        logger.info("CPU: resuming with the linear kernel the interrupted run used (%s)", recorded)
+        wanted = recorded
+    kernel = "onednn" if use_onednn_linear(model, wanted) else "torch"
+    if model_args.cpu_dropout == "fast":
+        use_fast_cpu_dropout(model)
+    return kernel
 
 
 def _read_marker(folder) -> dict | None:

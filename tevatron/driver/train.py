@@ -16,11 +16,10 @@ from tevatron.raw_text import TextTokenizer, training_prefixes
 from tevatron.cli import CommandError, command
 from tevatron.distillation import DistillationCollator, DistillationDataset, load_scored_groups
 from tevatron.files import check_output_dir
-from tevatron.cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
 from tevatron.modeling import DenseModel, check_model_folder
 from tevatron.tokenization import load_tokenizer
 from tevatron.trainer import (TevatronTrainer, finish_output_dir, prepare_output_dir, shutdown_distributed,
-                              training_provenance)
+                              training_provenance, use_cpu_kernels)
 
 logger = logging.getLogger("tevatron.driver.train")
 
@@ -69,10 +68,7 @@ def main(argv=None) -> int:
                              distil_weight=training_args.distil_weight)
     model.dense_config.query_prefix = prefixes["query_prefix"]  # saved with the model, followed by encoding
     model.dense_config.passage_prefix = prefixes["passage_prefix"]
-    if training_args.device.type == "cpu":
-        use_onednn_linear(model, model_args.cpu_linear)
-        if model_args.cpu_dropout == "fast":
-            use_fast_cpu_dropout(model)
+    cpu_linear = use_cpu_kernels(model, model_args, training_args)
     load_groups = load_scored_groups if training_args.distillation else load_train_groups
     with training_args.main_process_first(desc="loading training data"):
         groups = load_groups(data_args, vocab_size=model.vocab_size(), cache_dir=model_args.cache_dir)
@@ -89,7 +85,7 @@ def main(argv=None) -> int:
         train_dataset, collator = DistillationDataset(train_dataset), DistillationCollator(collator)
 
     trainer = TevatronTrainer(model=model, args=training_args, train_dataset=train_dataset,
-                              data_collator=collator, processing_class=tokenizer, run_provenance=wanted)
+                              data_collator=collator, processing_class=tokenizer, run_provenance=wanted, cpu_linear=cpu_linear)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if model_args.merge_lora:  # save a plain model folder: the adapter folded into the weights
         model.merge_lora()

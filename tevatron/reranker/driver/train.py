@@ -17,12 +17,11 @@ from transformers import HfArgumentParser, set_seed
 from tevatron.argument_checks import parse_command_line
 from tevatron.arguments import resolve_mixed_precision
 from tevatron.cli import command
-from tevatron.cpu_kernels import use_fast_cpu_dropout, use_onednn_linear
 from tevatron.data import TrainDataset, groups_format, load_train_groups
 from tevatron.files import check_output_dir
 from tevatron.preprocess.tokenize import TEXT
 from tevatron.tokenization import load_tokenizer
-from tevatron.trainer import finish_output_dir, prepare_output_dir, shutdown_distributed
+from tevatron.trainer import finish_output_dir, prepare_output_dir, shutdown_distributed, use_cpu_kernels
 
 from ..arguments import RerankerDataArguments, RerankerModelArguments, RerankerTrainingArguments
 from ..data import GroupPairCollator, PairBuilder, pair_text_tokenizer
@@ -57,10 +56,7 @@ def main(argv=None) -> int:
                                trust_remote_code=model_args.trust_remote_code)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code)
-    if training_args.device.type == "cpu":
-        use_onednn_linear(model, model_args.cpu_linear)
-        if model_args.cpu_dropout == "fast":
-            use_fast_cpu_dropout(model)
+    cpu_linear = use_cpu_kernels(model, model_args, training_args)
     with training_args.main_process_first(desc="loading training data"):
         groups = load_train_groups(data_args, vocab_size=model.get_input_embeddings().num_embeddings,
                                    cache_dir=model_args.cache_dir)
@@ -73,7 +69,7 @@ def main(argv=None) -> int:
 
     trainer = RerankerTrainer(model=model, args=training_args, train_dataset=train_dataset,
                               data_collator=GroupPairCollator(builder, text_tokenizer), processing_class=tokenizer,
-                              run_provenance=wanted)
+                              run_provenance=wanted, cpu_linear=cpu_linear)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     finish_output_dir(training_args.output_dir, wanted, trainer)
