@@ -29,6 +29,25 @@ def _offline_hub(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fork_server(_offline_hub):
+    """Command lines started by the tests go through tests/forkserver.py (TEVATRON_TEST_FORKSERVER=0: not)."""
+    if os.environ.get("TEVATRON_TEST_FORKSERVER", "1") == "0":
+        yield
+        return
+    import shutil
+    import tempfile
+
+    import forkserver
+
+    folder = tempfile.mkdtemp(prefix="tvfs-")  # short: a socket's path has at most 107 characters
+    os.environ[forkserver.FOLDER_VARIABLE] = folder
+    os.environ[forkserver.BIN_VARIABLE] = forkserver.install(folder)
+    yield
+    del os.environ[forkserver.FOLDER_VARIABLE], os.environ[forkserver.BIN_VARIABLE]
+    shutil.rmtree(folder, ignore_errors=True)  # its servers see their sockets gone and leave
+
+
 @pytest.fixture(scope="session")
 def scifact_dir() -> Path:
     if not (SCIFACT_DIR / "corpus.jsonl").is_file():

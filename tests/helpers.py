@@ -39,11 +39,25 @@ def toy_corpus(n: int = 60, seed: int = 1, max_len: int = 150, prefix: str = "do
             for i in range(n)]
 
 
+def command_python() -> str:
+    """The ``python`` the tests start commands with: tests/forkserver.py's shim (imports paid once), or
+    this interpreter when that is off."""
+    shims = os.environ.get("TEVATRON_TEST_FORKSERVER_BIN")
+    return os.path.join(shims, "python") if shims else sys.executable
+
+
+def command_path() -> str:
+    """PATH for scripts that call ``python`` by name: the shim first, then this interpreter's folder."""
+    folders = [os.environ.get("TEVATRON_TEST_FORKSERVER_BIN"), os.path.dirname(sys.executable),
+               os.environ.get("PATH", "")]
+    return os.pathsep.join(folder for folder in folders if folder)
+
+
 def run_module(module: str, *args, cwd=None, timeout: int = 600, env_extra: dict | None = None):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env,
+    return subprocess.run([command_python(), "-m", module, *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

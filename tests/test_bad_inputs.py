@@ -17,7 +17,6 @@ import resource
 import shlex
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,7 +24,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from helpers import REPO_ROOT, error_lines
+from helpers import REPO_ROOT, command_python, error_lines
 from tevatron.tensor_files import load_shard_ranking, save_encodings, save_shard_ranking
 from tevatron.text_formats import write_qrels, write_tsv
 
@@ -778,7 +777,7 @@ def run_command(command: tuple, cwd: Path, stdin: str | None = None,
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     words = command if command[0] == "-m" else (str(SCRIPTS / command[0]), *command[1:])
-    return subprocess.run([sys.executable, *words], cwd=cwd, env=env, input=stdin, capture_output=True,
+    return subprocess.run([command_python(), *words], cwd=cwd, env=env, input=stdin, capture_output=True,
                           text=True, timeout=300, preexec_fn=file_size_limit(size_limit))
 
 

@@ -7,13 +7,12 @@ import os
 import random
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import make_tiny_bert
-from helpers import REPO_ROOT, write_jsonl
+from helpers import REPO_ROOT, command_path, write_jsonl
 from tevatron.text_formats import iter_jsonl, read_qrels, read_run
 
 README = REPO_ROOT / "README.md"
@@ -77,7 +76,7 @@ def make_beir(folder: Path, with_train: bool = True, **sizes) -> Path:
 def pipeline_env(**settings) -> dict:
     """The environment of a user running the scripts: offline hub, this checkout's python first on PATH."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               PATH=command_path(),
                PYTHONPATH=str(REPO_ROOT))
     for name in ("PROFILE", "DATA", "DATASET", "DATA_DIR", "OUT", "MODEL", "TOKENIZER", "LR", "TRAIN_EXTRA", "NPROC",
                  "LORA", "LORA_R", "LORA_ALPHA", "RERANK_DIR", "DISTIL_DIR", "SEED", "STAGE3_SEED"):
