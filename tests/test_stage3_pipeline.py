@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_tiny_bert
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, command_python
 from tevatron.provenance import model_identity
 from tevatron.tensor_files import load_encodings
 from tevatron.text_formats import iter_jsonl
@@ -110,13 +110,13 @@ def stage3_flow(tmp_path_factory):
     (root / "bin").mkdir()
     calls = root / "bin" / "calls.jsonl"
     if reranker_available():
-        reranker = f'{sys.executable} "$@"'
+        reranker = f'{command_python()} "$@"'
     else:
         stand_in = root / "bin" / "stand_in_reranker.py"
         stand_in.write_text(STAND_IN)
-        reranker = f'{sys.executable} {stand_in} "${{2##*.}}" "${{@:3}}"'
+        reranker = f'{command_python()} {stand_in} "${{2##*.}}" "${{@:3}}"'
     wrapper = root / "bin" / "python"
-    wrapper.write_text(WRAPPER.format(python=sys.executable, calls=calls, reranker=reranker))
+    wrapper.write_text(WRAPPER.format(python=command_python(), calls=calls, reranker=reranker))
     wrapper.chmod(0o755)
     settings["PYTHON"] = str(wrapper)
     env = pipeline_env(**settings)
