@@ -14,8 +14,12 @@ import pytest
 
 from helpers import command_python
 
-pytestmark = pytest.mark.skipif(os.environ.get("TEVATRON_TEST_FORKSERVER_BIN") is None,
-                                reason="the fork server is off (TEVATRON_TEST_FORKSERVER=0)")
+
+
+@pytest.fixture(autouse=True)
+def _served():
+    if os.environ.get("TEVATRON_TEST_FORKSERVER_BIN") is None:  # set by conftest's session fixture
+        pytest.skip("the fork server is off (TEVATRON_TEST_FORKSERVER=0)")
 
 PROBE = """\
 import json, os, sys
@@ -58,11 +62,13 @@ def test_the_callers_file_size_limit_applies(tmp_path):
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
-    code = "open('big', 'wb').write(b'x' * 4096)"
-    result = subprocess.run([command_python(), "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120, preexec_fn=limit)
-    assert result.returncode == 1 and "File too large" in result.stderr, result.stderr
-    assert (tmp_path / "big").stat().st_size <= 1024
+    code = "import os; fd = os.open('big', os.O_WRONLY | os.O_CREAT); os.write(fd, b'x' * 1024); os.write(fd, b'x')"
+    for python in (command_python(), sys.executable):
+        result = subprocess.run([python, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=120, preexec_fn=limit)
+        assert result.returncode == 1 and "OSError: [Errno 27] File too large" in result.stderr, result.stderr
+        assert (tmp_path / "big").stat().st_size == 1024
+        (tmp_path / "big").unlink()
 
 
 def test_a_killed_caller_takes_its_command_along(tmp_path):
