@@ -12,7 +12,11 @@ shows a gain, and only for fp32 CPU tensors; anything else takes the ordinary pa
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
+import os
+import platform
 import time
 import types
 
@@ -73,11 +77,79 @@ def onednn_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-@functools.lru_cache(maxsize=None)  # one measurement per process
-def onednn_is_faster(rows: int = 4096, width: int = 384, repeats: int = 4) -> bool:
-    """Measure both GEMM paths on a transformer-sized product; oneDNN must win by 15% to be used."""
+def machine_choices_file() -> str:
+    """Where kernel choices measured on this machine are kept (``$TEVATRON_CACHE``, else ~/.cache/tevatron)."""
+    folder = os.environ.get("TEVATRON_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "tevatron")
+    return os.path.join(folder, "cpu_choices.json")
+
+
+def _machine_key() -> str:
+    """The CPU (model and feature flags), the torch build and the thread count a measured choice holds for."""
+    found = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:  # the first processor's lines
+            for line in handle:
+                name, _, value = line.partition(":")
+                found.setdefault(name.strip(), value.strip())
+    except OSError:
+        pass
+    flags = hashlib.sha1(" ".join(sorted(found.get("flags", "").split())).encode()).hexdigest()[:12]
+    return (f"{found.get('model name') or platform.processor()} flags {flags} torch {torch.__version__} "
+            f"threads {torch.get_num_threads()}")
+
+
+def recorded_choice(name: str, measure) -> bool:
+    """``measure()`` once per machine: the answer is kept in :func:`machine_choices_file` and read by every
+    later process.  Measuring in each process let machine load flip a close choice between two runs of
+    one command, and the two kernels round differently: the same seed gave other weights and rankings."""
+    import fcntl
+
+    from .files import atomic_text_writer
+
+    path = machine_choices_file()
+    key = f"{name}: {_machine_key()}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        lock = open(path + ".lock", "a")
+    except OSError as error:
+        logger.warning("CPU: cannot record kernel choices in %s (%s); measuring in this process", path, error)
+        return bool(measure())
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process measures; the others wait and read its answer
+        choices = _read_choices(path)
+        if isinstance(choices.get(key), bool):
+            return choices[key]
+        choices[key] = bool(measure())
+        try:
+            with atomic_text_writer(path) as out:
+                json.dump(choices, out, indent=1, sort_keys=True)
+            logger.info("CPU: measured %s = %s on this machine; recorded in %s (delete it to measure again)",
+                        name, choices[key], path)
+        except OSError as error:
+            logger.warning("CPU: cannot record kernel choices in %s (%s)", path, error)
+        return choices[key]
+
+
+def _read_choices(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            choices = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return choices if isinstance(choices, dict) else {}
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_is_faster() -> bool:
+    """Whether oneDNN's fp32 GEMM clearly beats MKL's on this machine (measured once, see recorded_choice)."""
     if not onednn_linear_available():
         return False
+    return recorded_choice("onednn_linear", _measure_onednn_is_faster)
+
+
+def _measure_onednn_is_faster(rows: int = 4096, width: int = 384, repeats: int = 4) -> bool:
+    """Measure both GEMM paths on a transformer-sized product; oneDNN must win by 15% to be used."""
     x, weight, bias = torch.randn(rows, width), torch.randn(4 * width, width), torch.randn(4 * width)
     try:
         if not torch.allclose(_onednn_linear(x, weight, bias), F.linear(x, weight, bias), atol=1e-3, rtol=1e-4):
