@@ -140,24 +140,24 @@ def test_a_kernel_choice_is_measured_once_per_machine_and_read_by_later_processe
         return len(measured) == 1  # a second measurement would answer otherwise
 
     with caplog.at_level(logging.INFO, logger="tevatron.cpu_kernels"):
-        assert cpu_kernels.recorded_choice("some_kernel", measure) is True
-    assert cpu_kernels.recorded_choice("some_kernel", measure) is True
+        assert cpu_kernels.measured_on_this_machine("some_kernel", measure, bool) is True
+    assert cpu_kernels.measured_on_this_machine("some_kernel", measure, bool) is True
     assert measured == [1]
     assert "measured some_kernel = True on this machine" in caplog.text
     path = tmp_path / "cache" / "cpu_choices.json"
     assert json.loads(path.read_text()) == {f"some_kernel: {cpu_kernels._machine_key()}": True}
     # another process reads the recorded choice instead of measuring
     code = ("from tevatron import cpu_kernels; import sys; "
-            "print(cpu_kernels.recorded_choice('some_kernel', lambda: sys.exit('measured again')))")
+            "print(cpu_kernels.measured_on_this_machine('some_kernel', lambda: sys.exit('measured again'), bool))")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                            env=dict(os.environ, TEVATRON_CACHE=str(tmp_path / "cache")))
     assert (other.returncode, other.stdout.strip()) == (0, "True"), other.stderr
     # a damaged record is measured again and rewritten
     path.write_text("{not json")
-    assert cpu_kernels.recorded_choice("some_kernel", measure) is False and len(measured) == 2
+    assert cpu_kernels.measured_on_this_machine("some_kernel", measure, bool) is False and len(measured) == 2
     assert json.loads(path.read_text())[f"some_kernel: {cpu_kernels._machine_key()}"] is False
     # where nothing can be recorded, the process measures for itself and says so
     monkeypatch.setenv("TEVATRON_CACHE", str(path / "not-a-folder"))
     with caplog.at_level(logging.WARNING, logger="tevatron.cpu_kernels"):
-        assert cpu_kernels.recorded_choice("some_kernel", measure) is False and len(measured) == 3
+        assert cpu_kernels.measured_on_this_machine("some_kernel", measure, bool) is False and len(measured) == 3
     assert "cannot record kernel choices" in caplog.text

@@ -170,7 +170,10 @@ def test_torch_backend_widens_float16_one_block_at_a_time():
     assert searcher._widened.numel() == 100 * 16, "the whole shard was widened at once"
 
 
-def test_auto_backend_is_measured_once_per_shape_and_logged_in_one_line(caplog):
+def test_auto_backend_is_measured_once_per_shape_and_logged_in_one_line(caplog, monkeypatch, tmp_path):
+    from tevatron.faiss_retriever import retriever
+
+    monkeypatch.setenv("TEVATRON_CACHE", str(tmp_path))
     caplog.set_level(logging.INFO, logger="tevatron.faiss_retriever.retriever")
     measured_backend.cache_clear()
     choice = measured_backend(24, 10, 30, block_rows=1024, queries=64)
@@ -179,6 +182,13 @@ def test_auto_backend_is_measured_once_per_shape_and_logged_in_one_line(caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("search backend auto: ")]
     assert len(lines) == 1 and lines[0].startswith(f"search backend auto: {choice} (")
     assert "torch " in lines[0] and "torch_bf16 " in lines[0] and "faiss " in lines[0] and "queries/s" in lines[0]
+    # a later process (here: a cleared cache) reads the machine's record instead of timing again
+    measured_backend.cache_clear()
+    caplog.clear()
+    monkeypatch.setattr(retriever, "timed_backend", lambda *args: pytest.fail("timed again"))
+    assert measured_backend(24, 10, 30, block_rows=1024, queries=64) == choice
+    assert caplog.messages == [f"search backend auto: {choice} (measured earlier on this machine for dim 24, depth 10, "
+                               f"30 blocks; recorded in {tmp_path / 'cpu_choices.json'})"]
     measured_backend.cache_clear()
 
 

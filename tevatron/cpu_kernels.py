@@ -99,10 +99,10 @@ def _machine_key() -> str:
             f"threads {torch.get_num_threads()}")
 
 
-def recorded_choice(name: str, measure) -> bool:
-    """``measure()`` once per machine: the answer is kept in :func:`machine_choices_file` and read by every
-    later process.  Measuring in each process let machine load flip a close choice between two runs of
-    one command, and the two kernels round differently: the same seed gave other weights and rankings."""
+def measured_on_this_machine(name: str, measure, kind: type):
+    """``measure()`` once per machine: the answer (of type ``kind``) is kept in :func:`machine_choices_file`
+    and read by every later process.  Measured in each process, machine load flipped close choices between
+    two runs of one command; the kernels round differently, so the same seed gave other weights and rankings."""
     import fcntl
 
     from .files import atomic_text_writer
@@ -114,13 +114,13 @@ def recorded_choice(name: str, measure) -> bool:
         lock = open(path + ".lock", "a")
     except OSError as error:
         logger.warning("CPU: cannot record kernel choices in %s (%s); measuring in this process", path, error)
-        return bool(measure())
+        return kind(measure())
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process measures; the others wait and read its answer
         choices = _read_choices(path)
-        if isinstance(choices.get(key), bool):
+        if type(choices.get(key)) is kind:
             return choices[key]
-        choices[key] = bool(measure())
+        choices[key] = kind(measure())
         try:
             with atomic_text_writer(path) as out:
                 json.dump(choices, out, indent=1, sort_keys=True)
@@ -142,10 +142,10 @@ def _read_choices(path: str) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def onednn_is_faster() -> bool:
-    """Whether oneDNN's fp32 GEMM clearly beats MKL's on this machine (measured once, see recorded_choice)."""
+    """Whether oneDNN's fp32 GEMM clearly beats MKL's on this machine (see measured_on_this_machine)."""
     if not onednn_linear_available():
         return False
-    return recorded_choice("onednn_linear", _measure_onednn_is_faster)
+    return measured_on_this_machine("onednn_linear", _measure_onednn_is_faster, bool)
 
 
 def _measure_onednn_is_faster(rows: int = 4096, width: int = 384, repeats: int = 4) -> bool:
@@ -180,8 +180,13 @@ def cpu_bf16_speedup(hidden_size: int, training: bool = False) -> float:
     return _measured_bf16_speedup(int(hidden_size), bool(training))
 
 
-@functools.lru_cache(maxsize=None)  # one measurement per process and shape
-def _measured_bf16_speedup(hidden_size: int, training: bool, rows: int = 2048, repeats: int = 3) -> float:
+@functools.lru_cache(maxsize=None)  # read once per process and shape
+def _measured_bf16_speedup(hidden_size: int, training: bool) -> float:
+    return measured_on_this_machine(f"bf16_speedup hidden {hidden_size} {'training' if training else 'inference'}",
+                                    lambda: _time_bf16_speedup(hidden_size, training), float)
+
+
+def _time_bf16_speedup(hidden_size: int, training: bool, rows: int = 2048, repeats: int = 3) -> float:
     x = torch.randn(rows, hidden_size, requires_grad=training)
     weight = torch.randn(4 * hidden_size, hidden_size, requires_grad=training)
     bias = torch.randn(4 * hidden_size, requires_grad=training)

@@ -315,9 +315,30 @@ def exact_searcher(backend: str, shards: Sequence[torch.Tensor], block_rows: int
     return TorchFlatIPSearcher(shards, block_rows)
 
 
-@functools.lru_cache(maxsize=None)  # one measurement per process and search shape
+@functools.lru_cache(maxsize=None)  # read once per process and search shape
 def measured_backend(dim: int, depth: int, search_blocks: int, block_rows: int = DEFAULT_BLOCK_ROWS,
                      queries: int = 256, repeats: int = 2) -> str:
+    """The fastest exact backend on this machine for a search of this shape (see :func:`timed_backend`),
+    measured once per machine and kept (:func:`tevatron.cpu_kernels.measured_on_this_machine`): the backends'
+    scores differ in the last bits, so a choice made anew in each run could order near-ties differently
+    between two runs of one search."""
+    from tevatron.cpu_kernels import machine_choices_file, measured_on_this_machine
+
+    name = (f"search_backend dim {dim} depth {min(depth, block_rows)} blocks {search_blocks} "
+            f"block_rows {block_rows} queries {queries}")
+    timed = []
+    choice = measured_on_this_machine(
+        name, lambda: timed.append(1) or timed_backend(dim, depth, search_blocks, block_rows, queries, repeats), str)
+    if choice not in BACKENDS[1:]:  # a record edited by hand
+        return timed_backend(dim, depth, search_blocks, block_rows, queries, repeats)
+    if not timed:
+        logger.info("search backend auto: %s (measured earlier on this machine for dim %d, depth %d, %d blocks; "
+                    "recorded in %s)", choice, dim, min(depth, block_rows), search_blocks, machine_choices_file())
+    return choice
+
+
+def timed_backend(dim: int, depth: int, search_blocks: int, block_rows: int = DEFAULT_BLOCK_ROWS,
+                  queries: int = 256, repeats: int = 2) -> str:
     """The fastest exact backend on this machine for a search of ``search_blocks`` passage blocks, timed on
     random vectors of the search's dimension and depth and a few hundred queries.
 
