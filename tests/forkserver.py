@@ -138,7 +138,9 @@ def client_main(real_python: str) -> None:
                 os.kill(os.getpid(), -status)
             os._exit(status)
         if reply != "fallback":
-            os._exit(1)  # the server went away mid-command
+            print(f"forkserver: the server running this command went away (its log: {folder}/*.log)",
+                  file=sys.stderr)
+            os._exit(1)
     os.execv(real_python, [real_python, *argv])
 
 
@@ -225,14 +227,17 @@ def _handle(connection: socket.socket, signature: str, import_changes: dict) -> 
         os.close(fd)
     import select
 
-    process = os.pidfd_open(pid)
     poller = select.poll()
     poller.register(connection, select.POLLIN | select.POLLHUP)
-    poller.register(process, select.POLLIN)
+    try:  # wakes the poll when the command ends
+        process = os.pidfd_open(pid)
+        poller.register(process, select.POLLIN)
+    except (AttributeError, OSError):  # no pidfd (Linux < 5.3): look every 20 ms
+        process = None
     while True:
-        ready = dict(poller.poll())
-        if process in ready:
-            _, status = os.waitpid(pid, 0)
+        ready = dict(poller.poll(None if process is not None else 20))
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
             connection.sendall(f"exit {os.waitstatus_to_exitcode(status)}\n".encode())
             return
         if connection.fileno() in ready:  # the caller is gone: so is its command, with its children
