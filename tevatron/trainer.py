@@ -269,9 +269,10 @@ def use_cpu_kernels(model, model_args, training_args) -> str | None:
     """Set up a CPU training run's kernels (``--cpu_linear``, ``--cpu_dropout``); the GEMM kernel used, or
     None off the CPU.
 
-    ``--cpu_linear auto`` times oneDNN against MKL, and machine load can tip that measurement; the two
-    round differently, so a resumed run that chose anew would not end with the weights of an uninterrupted
-    one.  A resumed ``auto`` run therefore takes the kernel its checkpoint recorded."""
+    ``--cpu_linear auto`` takes the machine's recorded measurement of oneDNN against MKL; a run resumed on
+    another machine (or after that record was deleted) could choose the other kernel, which rounds
+    differently, and not end with the weights of an uninterrupted run.  A resumed ``auto`` run therefore
+    takes the kernel its checkpoint recorded."""
     if training_args.device.type != "cpu":
         return None
     wanted = model_args.cpu_linear

@@ -85,7 +85,8 @@ def main(argv=None) -> int:
         train_dataset, collator = DistillationDataset(train_dataset), DistillationCollator(collator)
 
     trainer = TevatronTrainer(model=model, args=training_args, train_dataset=train_dataset,
-                              data_collator=collator, processing_class=tokenizer, run_provenance=wanted, cpu_linear=cpu_linear)
+                              data_collator=collator, processing_class=tokenizer, run_provenance=wanted,
+                              cpu_linear=cpu_linear)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if model_args.merge_lora:  # save a plain model folder: the adapter folded into the weights
         model.merge_lora()
