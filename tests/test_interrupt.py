@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO_ROOT, toy_corpus, toy_groups, write_jsonl
+from helpers import REPO_ROOT, command_python, toy_corpus, toy_groups, write_jsonl
 from tevatron.tensor_files import load_encodings, load_shard_ranking, save_encodings, save_shard_ranking
 from tevatron.text_formats import write_tsv
 
@@ -45,7 +45,10 @@ def module_command(module: str, *args) -> list[str]:
 
 
 def run(command: list[str], log: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    """Run ``command`` to its end: a served interpreter (tests/forkserver.py) will do; only the runs that
+    are killed need one of their own."""
+    served = [command_python(), *command[1:]] if command[0] == sys.executable else command
+    result = subprocess.run(served, env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     log.write_text(result.stderr)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stderr[-3000:]}"
     return result
