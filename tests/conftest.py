@@ -25,7 +25,7 @@ def _offline_hub(tmp_path_factory):
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
-    # kernel choices measured once for the session (tevatron.cpu_kernels.recorded_choice), not in ~/.cache
+    # kernel choices measured once for the session (tevatron.cpu_kernels.measured_on_this_machine), not in ~/.cache
     os.environ.setdefault("TEVATRON_CACHE", str(tmp_path_factory.mktemp("tevatron_cache")))
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     yield

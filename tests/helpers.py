@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from forkserver import BIN_VARIABLE
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,13 +44,13 @@ def toy_corpus(n: int = 60, seed: int = 1, max_len: int = 150, prefix: str = "do
 def command_python() -> str:
     """The ``python`` the tests start commands with: tests/forkserver.py's shim (imports paid once), or
     this interpreter when that is off."""
-    shims = os.environ.get("TEVATRON_TEST_FORKSERVER_BIN")
+    shims = os.environ.get(BIN_VARIABLE)
     return os.path.join(shims, "python") if shims else sys.executable
 
 
 def command_path() -> str:
     """PATH for scripts that call ``python`` by name: the shim first, then this interpreter's folder."""
-    folders = [os.environ.get("TEVATRON_TEST_FORKSERVER_BIN"), os.path.dirname(sys.executable),
+    folders = [os.environ.get(BIN_VARIABLE), os.path.dirname(sys.executable),
                os.environ.get("PATH", "")]
     return os.pathsep.join(folder for folder in folders if folder)
 

@@ -156,6 +156,13 @@ def test_a_kernel_choice_is_measured_once_per_machine_and_read_by_later_processe
     path.write_text("{not json")
     assert cpu_kernels.measured_on_this_machine("some_kernel", measure, bool) is False and len(measured) == 2
     assert json.loads(path.read_text())[f"some_kernel: {cpu_kernels._machine_key()}"] is False
+    # a recorded answer outside the allowed ones (a hand-edited file) is measured again and rewritten
+    key = f"backend: {cpu_kernels._machine_key()}"
+    path.write_text(json.dumps({key: "fastest"}))
+    assert cpu_kernels.measured_on_this_machine("backend", lambda: "faiss", str, allowed=("torch", "faiss")) == "faiss"
+    assert json.loads(path.read_text())[key] == "faiss"
+    assert cpu_kernels.measured_on_this_machine("backend", lambda: pytest.fail("measured again"), str,
+                                                allowed=("torch", "faiss")) == "faiss"
     # where nothing can be recorded, the process measures for itself and says so
     monkeypatch.setenv("TEVATRON_CACHE", str(path / "not-a-folder"))
     with caplog.at_level(logging.WARNING, logger="tevatron.cpu_kernels"):

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from forkserver import BIN_VARIABLE
 from helpers import command_python
 
 
 
 @pytest.fixture(autouse=True)
 def _served():
-    if os.environ.get("TEVATRON_TEST_FORKSERVER_BIN") is None:  # set by conftest's session fixture
+    if os.environ.get(BIN_VARIABLE) is None:  # set by conftest's session fixture
         pytest.skip("the fork server is off (TEVATRON_TEST_FORKSERVER=0)")
 
 PROBE = """\

@@ -99,10 +99,12 @@ def _machine_key() -> str:
             f"threads {torch.get_num_threads()}")
 
 
-def measured_on_this_machine(name: str, measure, kind: type):
-    """``measure()`` once per machine: the answer (of type ``kind``) is kept in :func:`machine_choices_file`
-    and read by every later process.  Measured in each process, machine load flipped close choices between
-    two runs of one command; the kernels round differently, so the same seed gave other weights and rankings."""
+def measured_on_this_machine(name: str, measure, kind: type, allowed=None):
+    """``measure()`` once per machine: the answer (of type ``kind``, one of ``allowed`` if given) is kept in
+    :func:`machine_choices_file` and read by every later process; a recorded value that is not such an
+    answer (a damaged or hand-edited file) is measured again.  Measured in each process, machine load
+    flipped close choices between two runs of one command; the kernels round differently, so the same
+    seed gave other weights and rankings."""
     import fcntl
 
     from .files import atomic_text_writer
@@ -118,7 +120,7 @@ def measured_on_this_machine(name: str, measure, kind: type):
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process measures; the others wait and read its answer
         choices = _read_choices(path)
-        if type(choices.get(key)) is kind:
+        if type(choices.get(key)) is kind and (allowed is None or choices[key] in allowed):
             return choices[key]
         choices[key] = kind(measure())
         try:

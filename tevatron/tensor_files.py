@@ -21,6 +21,8 @@ FORMAT_VERSION = 1
 # Encodings are stored as float32, or as float16 (half the disk and memory; --encode_dtype float16).
 # Readers convert float16 to float32 block by block just before computing with it.
 ENCODING_DTYPES = (torch.float32, torch.float16)
+# rows checked for NaN/inf at a time when reading: bounds the temporary mask (a whole shard's would be ~700 MB)
+FINITE_CHECK_ROWS = 65536
 
 
 class _WriteErrorKeeper:
@@ -96,10 +98,6 @@ def load_encodings(path) -> tuple[torch.Tensor, list[str]]:
         raise InputError(path, f"{bad_rows.numel()} of {reps.shape[0]} vectors hold NaN or inf (the first is row "
                                f"{first}, id {ids[first]!r})")
     return reps, ids
-
-
-# rows checked for NaN/inf at a time: bounds the temporary mask (a whole shard's would be ~700 MB)
-FINITE_CHECK_ROWS = 65536
 
 
 def encodings_provenance(path) -> dict | None:

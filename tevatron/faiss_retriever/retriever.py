@@ -328,9 +328,8 @@ def measured_backend(dim: int, depth: int, search_blocks: int, block_rows: int =
             f"block_rows {block_rows} queries {queries}")
     timed = []
     choice = measured_on_this_machine(
-        name, lambda: timed.append(1) or timed_backend(dim, depth, search_blocks, block_rows, queries, repeats), str)
-    if choice not in BACKENDS[1:]:  # a record edited by hand
-        return timed_backend(dim, depth, search_blocks, block_rows, queries, repeats)
+        name, lambda: timed.append(1) or timed_backend(dim, depth, search_blocks, block_rows, queries, repeats), str,
+        allowed=BACKENDS[1:])
     if not timed:
         logger.info("search backend auto: %s (measured earlier on this machine for dim %d, depth %d, %d blocks; "
                     "recorded in %s)", choice, dim, min(depth, block_rows), search_blocks, machine_choices_file())
