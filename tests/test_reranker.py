@@ -179,6 +179,19 @@ def test_rerank_refuses_models_that_are_not_rerankers(tiny_bert_dir, tmp_path):
     assert not (tmp_path / "out.tsv").exists()
 
 
+def test_teacher_confidence_is_the_positives_softmax_share_and_top_one():
+    from tevatron.reranker.driver.score_groups import group_confidence, teacher_confidence
+
+    share, first = group_confidence({"positive_scores": [2.0], "negative_scores": [0.0, 1.0]})
+    assert share == pytest.approx(math.e ** 2 / (math.e ** 2 + 1 + math.e)) and first
+    share, first = group_confidence({"positive_scores": [0.0, 1.0], "negative_scores": [1.0, -1.0]})
+    assert share == pytest.approx((1 + math.e) / (1 + 2 * math.e + math.e ** -1)) and not first  # a tie is not first
+    assert group_confidence({"positive_scores": [1000.0], "negative_scores": [-1000.0]}) == (1.0, True)  # no overflow
+    summary = teacher_confidence([(0.9, True), (0.2, False), (0.6, True), (0.99, True)])
+    assert summary == {"groups whose top passage is a positive": 0.75, "median softmax share of the positives": 0.75}
+    assert set(teacher_confidence([]).values()) == {None}
+
+
 @pytest.mark.slow
 def test_score_groups_adds_scores_parallel_to_the_passages(tiny_reranker_dir, tmp_path, tokenizer):
     from tevatron.reranker.data import PairBuilder
@@ -205,7 +218,12 @@ def test_score_groups_adds_scores_parallel_to_the_passages(tiny_reranker_dir, tm
             expected = score_pairs(model, builder, [(group["query"], p) for p in group[key]], 8,
                                    torch.device("cpu"), progress=False)
             assert record[score_key] == pytest.approx(expected.tolist(), abs=1e-5)
-    assert json.loads((tmp_path / "scored" / ".complete").read_text())["stats"]["groups scored"] == 4
+    stats = json.loads((tmp_path / "scored" / ".complete").read_text())["stats"]
+    assert stats["groups scored"] == 4
+    from tevatron.reranker.driver.score_groups import group_confidence, teacher_confidence
+    assert stats["teacher"] == teacher_confidence([group_confidence(record) for record in scored])
+    share = stats["teacher"]["median softmax share of the positives"]
+    assert 0 < share < 1 and f"the positives' softmax share (temperature 1) has median {share:.4f}" in result.stderr
     again = run_module(*command)
     assert again.returncode == 0 and "is up to date" in again.stderr
 

@@ -11,6 +11,8 @@ interrupted one keeps the files it finished.
 from __future__ import annotations
 
 import logging
+import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -63,6 +65,38 @@ def scored_records(path, model, builder: PairBuilder, batch_size: int, device, a
     return records
 
 
+def group_confidence(record: dict) -> tuple[float, bool]:
+    """The softmax probability (temperature 1) that a scored group's positives get, and whether a positive
+    scores highest."""
+    positives, negatives = record["positive_scores"], record["negative_scores"]
+    top = max(positives + negatives)
+    weights = [math.exp(score - top) for score in positives + negatives]
+    return sum(weights[:len(positives)]) / sum(weights), not negatives or max(positives) > max(negatives)
+
+
+def teacher_confidence(confidences: list[tuple[float, bool]]) -> dict:
+    """How sure the teacher is on the groups it scored (``group_confidence`` of each): the share of groups
+    whose top passage is a positive, and the median of the positives' softmax probability. A median near 1
+    means the soft labels carry little beyond the hard one (a reranker scoring the groups it was trained
+    on); ``--distil_temperature`` above 1 softens them."""
+    if not confidences:
+        return {"groups whose top passage is a positive": None, "median softmax share of the positives": None}
+    firsts = sum(first for _, first in confidences) / len(confidences)
+    return {"groups whose top passage is a positive": round(firsts, 4),
+            "median softmax share of the positives": round(statistics.median(share for share, _ in confidences), 4)}
+
+
+def report_teacher_confidence(confidence: dict, groups: int) -> None:
+    first, share = (confidence["groups whose top passage is a positive"],
+                    confidence["median softmax share of the positives"])
+    if share is None:
+        return
+    hint = (" (near 1: the soft labels add little to the hard ones; --distil_temperature above 1 softens them)"
+            if share >= 0.99 else "")
+    logger.info("teacher on these %d groups: a positive scores highest in %.1f%% of them; the positives' softmax "
+                "share (temperature 1) has median %.4f%s", groups, 100 * first, share, hint)
+
+
 @command
 def main(argv=None) -> int:
     parser = HfArgumentParser((RerankerModelArguments, ScoreGroupsArguments, ScoringArguments))
@@ -91,17 +125,22 @@ def main(argv=None) -> int:
     if device.type == "cpu":
         use_onednn_linear(model, model_args.cpu_linear)
     kept_names = {p.name for p in kept}
-    total = 0
+    total, confidences = 0, []
     for path in files:
         if path.name in kept_names:
             logger.info("%s: kept from the interrupted run", output_dir / path.name)
+            confidences += [group_confidence(record) for _, record in iter_jsonl(output_dir / path.name)]
             continue
         records = scored_records(path, model, builder, run_args.per_device_eval_batch_size, device,
                                  autocast_dtype_for(precision), data_format)
         write_jsonl(output_dir / path.name, records)
         total += len(records)
+        confidences += [group_confidence(record) for record in records]
         logger.info("wrote %d scored groups to %s", len(records), output_dir / path.name)
-    provenance.finish_folder_output(output_dir, wanted, {"files": len(files), "groups scored": total})
+    confidence = teacher_confidence(confidences)
+    report_teacher_confidence(confidence, len(confidences))
+    provenance.finish_folder_output(output_dir, wanted, {"files": len(files), "groups scored": total,
+                                                         "teacher": confidence})
     return 0
 
 
