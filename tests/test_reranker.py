@@ -195,6 +195,7 @@ def test_teacher_confidence_is_the_positives_softmax_share_and_top_one():
 @pytest.mark.slow
 def test_score_groups_adds_scores_parallel_to_the_passages(tiny_reranker_dir, tmp_path, tokenizer):
     from tevatron.reranker.data import PairBuilder
+    from tevatron.reranker.driver.score_groups import group_confidence, teacher_confidence
     from tevatron.reranker.modeling import load_cross_encoder
     from tevatron.reranker.scoring import score_pairs
 
@@ -220,7 +221,6 @@ def test_score_groups_adds_scores_parallel_to_the_passages(tiny_reranker_dir, tm
             assert record[score_key] == pytest.approx(expected.tolist(), abs=1e-5)
     stats = json.loads((tmp_path / "scored" / ".complete").read_text())["stats"]
     assert stats["groups scored"] == 4
-    from tevatron.reranker.driver.score_groups import group_confidence, teacher_confidence
     assert stats["teacher"] == teacher_confidence([group_confidence(record) for record in scored])
     share = stats["teacher"]["median softmax share of the positives"]
     assert 0 < share < 1 and f"the positives' softmax share (temperature 1) has median {share:.4f}" in result.stderr
