@@ -70,6 +70,9 @@ DISTIL_TEMPERATURE=${DISTIL_TEMPERATURE:-}  # [1] the teacher's scores are divid
 DISTIL_WEIGHT=${DISTIL_WEIGHT:-}  # [0 | 0.2] loss = KL to the teacher + DISTIL_WEIGHT x the in-batch contrastive loss
 DISTIL_LR=${DISTIL_LR:-}        # [LR] learning rate, distillation
 DISTIL_EPOCHS=${DISTIL_EPOCHS:-}  # [EPOCHS | 2] epochs, distillation (on $DISTIL_DIR/train-distil: the stage-2 groups, scored)
+DISTIL_FOLDS=${DISTIL_FOLDS:-}  # [0] the teacher: 0 = rerank.sh's reranker scores the training groups (it was trained on
+                                #   them); N >= 2 = N rerankers (the RERANKER_* settings, in RERANK_DIR/folds-N/), each
+                                #   trained without one N-th of the training queries, score the groups of that N-th
 STAGE3_SEED=${STAGE3_SEED:-}    # [SEED] seed of the reranker's and the distillation's training: another value trains
                                 #   stage 3 again (new folders) on the same stage-1 and stage-2 models
 RERANK_BATCH=${RERANK_BATCH:-}  # [128 | 64] (query, passage) pairs per scoring batch (speed only)
@@ -165,6 +168,7 @@ DISTIL_TEMPERATURE=${DISTIL_TEMPERATURE:-1}
 DISTIL_WEIGHT=${DISTIL_WEIGHT:-0}
 DISTIL_LR=${DISTIL_LR:-$LR}
 DISTIL_EPOCHS=${DISTIL_EPOCHS:-$EPOCHS}
+DISTIL_FOLDS=${DISTIL_FOLDS:-0}
 STAGE3_SEED=${STAGE3_SEED:-$SEED}
 RERANK_BATCH=${RERANK_BATCH:-128}
 ENCODE_BATCH=${ENCODE_BATCH:-128}

@@ -26,7 +26,8 @@ RESULT_SETTINGS=(DATA MODEL TOKENIZER POOLING NORMALIZE TEMPERATURE LR EPOCHS BA
                  HN_EPOCHS)
 # Stage 3 nests in OUT, one folder per configuration, so its settings never move stages 1 and 2: the
 # reranker's folder RERANK_DIR=$OUT/rerank-<hash of RERANK_SETTINGS>, distillation's
-# DISTIL_DIR=$RERANK_DIR/distil-<hash of DISTIL_SETTINGS> (it learns from that reranker). RERANK_BATCH is speed only.
+# DISTIL_DIR=$RERANK_DIR/distil-<hash of DISTIL_SETTINGS, and of DISTIL_FOLDS where it is not 0> (it learns from
+# that reranker, or from rerankers trained with its settings on query folds). RERANK_BATCH is speed only.
 RERANK_SETTINGS=(RERANKER_MODEL RERANKER_LR RERANKER_HEAD_LR RERANKER_EPOCHS RERANKER_BATCH RERANKER_N_PASSAGES RERANK_DEPTH
                  RERANK_P_MAX_LEN)
 DISTIL_SETTINGS=(DISTIL_INIT DISTIL_TEMPERATURE DISTIL_WEIGHT DISTIL_LR DISTIL_EPOCHS)
@@ -92,6 +93,8 @@ resolve_settings() {
     MODEL=$packaged
   fi
   [[ $NPROC =~ ^[1-9][0-9]*$ ]] || die "NPROC must be a positive whole number of processes, not '$NPROC' (settings.sh)"
+  [[ $DISTIL_FOLDS =~ ^(0|[2-9]|[1-9][0-9]+)$ ]] \
+    || die "DISTIL_FOLDS must be 0 (rerank.sh's reranker) or a number of query folds >= 2, not '$DISTIL_FOLDS' (settings.sh)"
   if [[ $RERANKER_MODEL == all-MiniLM-L6-v2 && ! -d $RERANKER_MODEL ]]; then RERANKER_MODEL=$MODEL; fi
   TOKENIZER=${TOKENIZER:-$MODEL}
   lora_flags >/dev/null  # an unknown LORA value stops here
@@ -120,7 +123,10 @@ resolve_settings() {
   if [[ -n $DISTIL_DIR ]]; then
     DISTIL_DIR_ORIGIN="set by you"
   else
-    DISTIL_DIR=$RERANK_DIR/distil-$(settings_hash "${DISTIL_SETTINGS[@]}")
+    # DISTIL_FOLDS counts only where it is not 0, so the folders made before it existed keep their names
+    local distil_settings=("${DISTIL_SETTINGS[@]}")
+    [[ $DISTIL_FOLDS != 0 ]] && distil_settings+=(DISTIL_FOLDS)
+    DISTIL_DIR=$RERANK_DIR/distil-$(settings_hash "${distil_settings[@]}")
     DISTIL_DIR_ORIGIN="RERANK_DIR/distil-<hash of the distillation settings>"
   fi
 }
@@ -136,7 +142,7 @@ print_settings() {
   echo "==> OUT=$OUT ($OUT_ORIGIN)"
   [[ ${1:-} == stage3 ]] || return 0
   line="==> stage-3 settings:"
-  for name in "${RERANK_SETTINGS[@]}" "${DISTIL_SETTINGS[@]}" STAGE3_SEED; do line+=" $name=${!name}"; done
+  for name in "${RERANK_SETTINGS[@]}" "${DISTIL_SETTINGS[@]}" DISTIL_FOLDS STAGE3_SEED; do line+=" $name=${!name}"; done
   echo "$line"
   echo "==> RERANK_DIR=$RERANK_DIR ($RERANK_DIR_ORIGIN)"
   echo "==> DISTIL_DIR=$DISTIL_DIR ($DISTIL_DIR_ORIGIN)"
@@ -392,13 +398,32 @@ check_stage2_model() {
 # train_reranker: the cross-encoder ($RERANK_DIR/reranker), listwise on the stage-2 training groups (BM25 +
 # hard negatives). Like train_model, the driver skips a finished reranker trained the same way and resumes
 # an interrupted one.
-train_reranker() {
-  "$PYTHON" -m tevatron.reranker.driver.train --output_dir "$RERANK_DIR/reranker" --model_name_or_path "$RERANKER_MODEL" \
+# train_reranker_into FOLDER [FLAG...]: the reranker of the RERANKER_* settings on $OUT/train-hn.
+train_reranker_into() {
+  "$PYTHON" -m tevatron.reranker.driver.train --output_dir "$1" --model_name_or_path "$RERANKER_MODEL" \
     --train_dir "$OUT/train-hn" --learning_rate "$RERANKER_LR" --head_learning_rate "$RERANKER_HEAD_LR" \
     --num_train_epochs "$RERANKER_EPOCHS" \
     --per_device_train_batch_size "$RERANKER_BATCH" --train_n_passages "$RERANKER_N_PASSAGES" \
     --q_max_len "$Q_MAX_LEN" --p_max_len "$RERANK_P_MAX_LEN" --seed "$STAGE3_SEED" \
-    --save_steps "$SAVE_STEPS" --logging_steps "$LOGGING_STEPS" --dataloader_num_workers "$WORKERS" $PRECISION "$@"
+    --save_steps "$SAVE_STEPS" --logging_steps "$LOGGING_STEPS" --dataloader_num_workers "$WORKERS" $PRECISION "${@:2}"
+}
+
+train_reranker() { train_reranker_into "$RERANK_DIR/reranker" "$@"; }
+
+# The teacher of DISTIL_FOLDS=N: reranker k of N (in $RERANK_DIR/folds-N/reranker-k) trains without the
+# groups of the queries of fold k, and scores only those.
+fold_reranker_dirs() {
+  local fold
+  for ((fold = 0; fold < DISTIL_FOLDS; fold++)); do echo "$RERANK_DIR/folds-$DISTIL_FOLDS/reranker-$fold"; done
+}
+
+train_fold_rerankers() {
+  local fold folders
+  mapfile -t folders < <(fold_reranker_dirs)
+  for fold in "${!folders[@]}"; do
+    echo "==> reranker $fold (fold $fold of $DISTIL_FOLDS held out): ${folders[fold]}"
+    train_reranker_into "${folders[fold]}" --query_folds "$DISTIL_FOLDS" --held_out_fold "$fold" "$@"
+  done
 }
 
 check_reranker() {
@@ -423,8 +448,11 @@ rerank_and_eval() {
 
 # score_groups: the reranker's score for every passage of the stage-2 training groups, written beside
 # them (positive_scores/negative_scores) into $DISTIL_DIR/train-distil, distillation's training folder.
+# With DISTIL_FOLDS=N, each group is scored by the fold reranker that did not train on its query.
 score_groups() {
-  "$PYTHON" -m tevatron.reranker.driver.score_groups --model_name_or_path "$RERANK_DIR/reranker" \
+  local teacher=(--model_name_or_path "$RERANK_DIR/reranker")
+  if [[ $DISTIL_FOLDS != 0 ]]; then mapfile -t teacher < <(fold_reranker_dirs); teacher=(--fold_models "${teacher[@]}"); fi
+  "$PYTHON" -m tevatron.reranker.driver.score_groups "${teacher[@]}" \
     --train_dir "$OUT/train-hn" --output_dir "$DISTIL_DIR/train-distil" --q_max_len "$Q_MAX_LEN" \
     --p_max_len "$RERANK_P_MAX_LEN" --per_device_eval_batch_size "$RERANK_BATCH" $PRECISION
 }

@@ -67,6 +67,18 @@ def test_encode_arguments_checked_too():
     assert data_args.q_max_len == 4 and model_args.temperature == 1.0
 
 
+def test_host_memory_is_pinned_only_for_an_accelerator(monkeypatch):
+    """Without an accelerator pinning does nothing but make torch warn in every data loader."""
+    from tevatron.reranker.arguments import RerankerTrainingArguments
+
+    for arguments in (TevatronTrainingArguments, RerankerTrainingArguments):
+        monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+        assert arguments(output_dir="out").dataloader_pin_memory is False
+        assert arguments(output_dir="out", dataloader_pin_memory=False).dataloader_pin_memory is False
+        monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+        assert arguments(output_dir="out").dataloader_pin_memory is True
+
+
 def test_search_and_reduce_arguments():
     base = ["--query_reps", "q.pt", "--passage_reps", "p.pt", "--save_ranking_to", "r.pt"]
     with pytest.raises(CommandError, match="^--batch_size must be at least 1, not 0$"):

@@ -275,7 +275,7 @@ def test_raw_and_tokenized_groups_give_the_same_teacher_scores_and_distillation_
     builder = PairBuilder(tokenizer, q_max_len=8, p_max_len=24)
     scored = {}
     for name, folder in folders.items():
-        records = scored_records(folder / "split00.json", reranker, builder, 16, torch.device("cpu"),
+        records = scored_records(folder / "split00.json", [(reranker, builder)], 16, torch.device("cpu"),
                                  data_format=name)
         scored[name] = tmp_path / f"scored-{name}"
         write_lines(scored[name] / "split00.json", records)

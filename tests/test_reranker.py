@@ -296,6 +296,119 @@ def test_head_learning_rate_gives_the_score_head_its_own_rate(tiny_reranker_dir,
     assert set(plain.values()) == {1e-4}
 
 
+# --------------------------------------------------------------------------- query folds (out-of-fold teachers)
+def test_query_fold_follows_the_query_and_a_held_out_fold_drops_exactly_its_groups():
+    import datasets
+
+    from tevatron.data import hold_out_query_fold, query_fold
+    from tevatron.reranker.arguments import RerankerDataArguments, TeacherModelArguments
+
+    groups = toy_groups(40, n_negatives=2, seed=4)
+    folds = [query_fold(group["query"], 2) for group in groups]
+    assert set(folds) == {0, 1}
+    # the query decides, not the file, the line or the passages: a query's BM25 and hard-negative groups agree
+    assert all(query_fold(list(group["query"]), 2) == fold for group, fold in zip(groups, folds))
+    assert query_fold("What is a fold?", 3) == query_fold("What is a fold?", 3) in range(3)
+    loaded = datasets.Dataset.from_list(groups)
+    for held_out in (0, 1):
+        kept = hold_out_query_fold(loaded, 2, held_out)
+        assert kept["query"] == [g["query"] for g, fold in zip(groups, folds) if fold != held_out]  # order kept
+    with pytest.raises(Exception, match="every training group's query is in the held-out fold"):
+        hold_out_query_fold(loaded.select([i for i, fold in enumerate(folds) if fold == 1]), 2, 1)
+
+    assert RerankerDataArguments(train_dir="x", query_folds=3, held_out_fold=2).held_out_fold == 2
+    for bad, message in (({"query_folds": 1, "held_out_fold": 0}, "must be 0 .no folds. or at least 2"),
+                         ({"query_folds": 2, "held_out_fold": 2}, r"needs --held_out_fold in \[0, 2\)"),
+                         ({"query_folds": 2}, r"needs --held_out_fold in \[0, 2\), not None"),
+                         ({"held_out_fold": 0}, "--held_out_fold needs --query_folds")):
+        with pytest.raises(ValueError, match=message):
+            RerankerDataArguments(train_dir="x", **bad)
+    for bad in ({}, {"model_name_or_path": "a", "fold_models": ["b", "c"]}):
+        with pytest.raises(ValueError, match="give --model_name_or_path .one reranker. or --fold_models"):
+            TeacherModelArguments(**bad)
+    with pytest.raises(ValueError, match="one reranker per fold, at least 2, not 1"):
+        TeacherModelArguments(fold_models=["a"])
+
+
+@pytest.mark.slow
+def test_a_fold_reranker_is_the_reranker_of_the_other_folds_groups(tiny_bert_dir, tmp_path):
+    """--query_folds 2 --held_out_fold 0 on every group trains exactly as a plain run on the fold-1 groups."""
+    from safetensors.torch import load_file
+
+    from tevatron.data import query_fold
+
+    groups = toy_groups(24, seed=5)
+    write_jsonl(tmp_path / "all" / "split00.json", groups)
+    write_jsonl(tmp_path / "fold1" / "split00.json", [g for g in groups if query_fold(g["query"], 2) == 1])
+    base = ("--model_name_or_path", tiny_bert_dir, "--train_n_passages", "4", "--q_max_len", "16", "--p_max_len", "64",
+            "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--report_to", "none",
+            "--cache_dir", tmp_path / "cache")
+    held_out = run_module("tevatron.reranker.driver.train", *base, "--train_dir", tmp_path / "all",
+                          "--output_dir", tmp_path / "held-out", "--query_folds", "2", "--held_out_fold", "0")
+    assert held_out.returncode == 0, held_out.stderr[-3000:]
+    n_kept = sum(query_fold(g["query"], 2) == 1 for g in groups)
+    assert 0 < n_kept < len(groups) and f"fold 0 of 2 held out: training on {n_kept} of 24 groups" in held_out.stderr
+    plain = run_module("tevatron.reranker.driver.train", *base, "--train_dir", tmp_path / "fold1",
+                       "--output_dir", tmp_path / "plain")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    a, b = load_file(tmp_path / "held-out" / "model.safetensors"), load_file(tmp_path / "plain" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((tmp_path / "held-out" / ".complete").read_text())["provenance"]
+    assert (record["query_folds"], record["held_out_fold"]) == (2, 0)
+    assert "query_folds" not in json.loads((tmp_path / "plain" / ".complete").read_text())["provenance"]
+    other = run_module("tevatron.reranker.driver.train", *base, "--train_dir", tmp_path / "all",
+                       "--output_dir", tmp_path / "held-out", "--query_folds", "2", "--held_out_fold", "1")
+    assert other.returncode == 2 and "held_out_fold: 0 -> 1" in error_lines(other.stderr)[0]
+
+
+@pytest.mark.slow
+def test_fold_models_score_each_group_with_the_reranker_that_held_its_query_out(tmp_path):
+    from tevatron import provenance
+    from tevatron.data import query_fold
+
+    models = [make_tiny_reranker(tmp_path / f"reranker-{fold}", seed=fold) for fold in (0, 1)]
+    for fold, model in enumerate(models):
+        provenance.write_folder_record(model, {"model kind": "cross-encoder", "query_folds": 2, "held_out_fold": fold})
+    groups = toy_groups(12, n_negatives=3, seed=6)
+    write_jsonl(tmp_path / "train" / "split00.json", groups[:7])
+    write_jsonl(tmp_path / "train" / "split01.hn.json", groups[7:])
+    lengths = ("--train_dir", tmp_path / "train", "--q_max_len", "16", "--p_max_len", "48")
+    alone = []
+    for fold, model in enumerate(models):
+        result = run_module("tevatron.reranker.driver.score_groups", "--model_name_or_path", model, *lengths,
+                            "--output_dir", tmp_path / f"alone-{fold}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        alone.append([json.loads(line) for name in ("split00.json", "split01.hn.json")
+                      for line in (tmp_path / f"alone-{fold}" / name).open()])
+    folded = run_module("tevatron.reranker.driver.score_groups", "--fold_models", *models, *lengths,
+                        "--output_dir", tmp_path / "folded")
+    assert folded.returncode == 0, folded.stderr[-3000:]
+    scored = [json.loads(line) for name in ("split00.json", "split01.hn.json")
+              for line in (tmp_path / "folded" / name).open()]
+    folds = [query_fold(group["query"], 2) for group in groups]
+    assert set(folds) == {0, 1}
+    for number, (record, fold) in enumerate(zip(scored, folds)):
+        for key in ("positive_scores", "negative_scores"):  # other batches: equal up to float rounding
+            assert record[key] == pytest.approx(alone[fold][number][key], abs=1e-6)
+            assert record[key] != pytest.approx(alone[1 - fold][number][key], abs=1e-4)
+        assert {k: v for k, v in record.items() if not k.endswith("_scores")} == groups[number]
+    record = json.loads((tmp_path / "folded" / ".complete").read_text())["provenance"]
+    assert len(record["model"]["fold models"]) == 2
+
+    swapped = run_module("tevatron.reranker.driver.score_groups", "--fold_models", *models[::-1], *lengths,
+                         "--output_dir", tmp_path / "swapped")
+    assert swapped.returncode == 2 and error_lines(swapped.stderr) == [
+        f"error: {models[1]}: --fold_models entry 0 must be a reranker trained with --query_folds 2 "
+        "--held_out_fold 0; it held out fold 1 of 2"]
+    plain = make_tiny_reranker(tmp_path / "plain")
+    unfolded = run_module("tevatron.reranker.driver.score_groups", "--fold_models", models[0], plain, *lengths,
+                          "--output_dir", tmp_path / "unfolded")
+    assert unfolded.returncode == 2 and error_lines(unfolded.stderr)[0].endswith(
+        "--fold_models entry 1 must be a reranker trained with --query_folds 2 --held_out_fold 1; its training "
+        "record names no held-out fold")
+    assert not (tmp_path / "swapped").exists() and not (tmp_path / "unfolded").exists()
+
+
 STOPPED_TRAINING = stopped_training_script("tevatron.reranker.driver.train")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -126,6 +127,9 @@ def stage3_flow(tmp_path_factory):
     logs["rerank.sh"] = check_ok(run_script("rerank.sh", env, work), "rerank.sh")
     logs["distil.sh"] = check_ok(run_script("distil.sh", env, work), "distil.sh")
     logs["distil.sh (again)"] = check_ok(run_script("distil.sh", env, work), "distil.sh again")
+    folds_env = {**env, "DISTIL_FOLDS": "2"}
+    logs["distil.sh (folds)"] = check_ok(run_script("distil.sh", folds_env, work), "DISTIL_FOLDS=2 distil.sh")
+    logs["distil.sh (folds, again)"] = check_ok(run_script("distil.sh", folds_env, work), "DISTIL_FOLDS=2 again")
     return {"kind": "real reranker" if reranker_available() else "stand-in reranker", "work": work, "out": out,
             "logs": logs, "env": env,
             "rerank_dir": printed_folder("RERANK_DIR", logs["rerank.sh"], work),
@@ -198,11 +202,45 @@ def test_a_rerun_skips_every_finished_stage(stage3_flow):
 
 
 @pytest.mark.slow  # runs the pipeline scripts
+def test_distil_folds_trains_one_reranker_per_fold_and_scores_each_group_out_of_fold(stage3_flow):
+    work, out, rerank_dir = stage3_flow["work"], stage3_flow["out"], stage3_flow["rerank_dir"]
+    log = stage3_flow["logs"]["distil.sh (folds)"]
+    assert re.findall(r"^==> (\w+) \d+\.\d+s$", log, re.M) == [
+        "check_stage2", "train_fold_rerankers", "score_groups", "train_distil", "distil_eval"]
+    distil_dir = printed_folder("DISTIL_DIR", log, work)
+    assert distil_dir.parent == rerank_dir and distil_dir != stage3_flow["distil_dir"]
+    assert "DISTIL_FOLDS=2" in log
+    folds = [f"{rerank_dir.relative_to(work)}/folds-2/reranker-{fold}" for fold in (0, 1)]
+    trained = [call[1:] for call in stage3_flow["calls"] if call[0] == "train" and "--query_folds" in call]
+
+    def flag(args, name):
+        return args[args.index(name) + 1]
+
+    assert [(flag(c, "--output_dir"), flag(c, "--query_folds"), flag(c, "--held_out_fold")) for c in trained][:2] == [
+        (folds[0], "2", "0"), (folds[1], "2", "1")]
+    assert all(flag(c, "--train_dir") == f"{out.relative_to(work)}/train-hn" for c in trained)
+    scored = [call[1:] for call in stage3_flow["calls"] if call[0] == "score_groups" and "--fold_models" in call]
+    assert scored and scored[0][scored[0].index("--fold_models") + 1:][:2] == folds
+    assert "--model_name_or_path" not in scored[0]
+    assert flag(scored[0], "--output_dir") == f"{distil_dir.relative_to(work)}/train-distil"
+    assert json.loads((distil_dir / "metrics" / "distil.json").read_text())["MRR@10"] >= 0
+    if stage3_flow["kind"] == "real reranker":
+        record = json.loads((distil_dir / "train-distil" / ".complete").read_text())["provenance"]
+        assert [identity for identity in record["model"]["fold models"]] == [
+            model_identity(work / folder) for folder in folds]
+    again = step_sections(stage3_flow["logs"]["distil.sh (folds, again)"])
+    assert sum("up to date" in line for line in again["train_fold_rerankers"]) == 2
+    assert any("up to date" in line for line in again["score_groups"])
+
+
+@pytest.mark.slow  # runs the pipeline scripts
 def test_the_scripts_pass_the_stage3_settings(stage3_flow):
     out = str(stage3_flow["out"].relative_to(stage3_flow["work"]))
     rerank_dir = str(stage3_flow["rerank_dir"].relative_to(stage3_flow["work"]))
     distil_dir = str(stage3_flow["distil_dir"].relative_to(stage3_flow["work"]))
-    calls = {call[0]: call[1:] for call in stage3_flow["calls"]}
+    calls = {}
+    for call in stage3_flow["calls"]:  # each driver's first call: rerank.sh's and distil.sh's own (DISTIL_FOLDS=0)
+        calls.setdefault(call[0], call[1:])
 
     def flag(args, name):
         return args[args.index(name) + 1]
@@ -223,15 +261,15 @@ def test_the_scripts_pass_the_stage3_settings(stage3_flow):
 # --------------------------------------------------------------------------- settings, regression file
 def test_stage3_settings_have_profile_defaults(tmp_path):
     names = ("RERANKER_MODEL", "RERANKER_LR", "RERANKER_HEAD_LR", "RERANKER_EPOCHS", "RERANK_DEPTH", "RERANK_P_MAX_LEN", "DISTIL_INIT",
-             "DISTIL_TEMPERATURE", "DISTIL_WEIGHT", "DISTIL_LR", "DISTIL_EPOCHS")
+             "DISTIL_TEMPERATURE", "DISTIL_WEIGHT", "DISTIL_LR", "DISTIL_EPOCHS", "DISTIL_FOLDS")
     assert shell_settings(names, {}) == {
         "RERANKER_MODEL": "bert-base-uncased", "RERANKER_LR": "2e-5", "RERANKER_HEAD_LR": "2e-5", "RERANKER_EPOCHS": "1", "RERANK_DEPTH": "100",
         "RERANK_P_MAX_LEN": "128", "DISTIL_INIT": "initial", "DISTIL_TEMPERATURE": "1", "DISTIL_WEIGHT": "0",
-        "DISTIL_LR": "5e-6", "DISTIL_EPOCHS": "2"}
+        "DISTIL_LR": "5e-6", "DISTIL_EPOCHS": "2", "DISTIL_FOLDS": "0"}
     assert shell_settings(names, {"PROFILE": "quick"}) == {
         "RERANKER_MODEL": "all-MiniLM-L6-v2", "RERANKER_LR": "6e-5", "RERANKER_HEAD_LR": "1e-3", "RERANKER_EPOCHS": "2", "RERANK_DEPTH": "100",
         "RERANK_P_MAX_LEN": "224", "DISTIL_INIT": "stage1", "DISTIL_TEMPERATURE": "1", "DISTIL_WEIGHT": "0.2",
-        "DISTIL_LR": "2e-5", "DISTIL_EPOCHS": "2"}
+        "DISTIL_LR": "2e-5", "DISTIL_EPOCHS": "2", "DISTIL_FOLDS": "0"}
 
 
 FOLDERS = ("OUT", "RERANK_DIR", "DISTIL_DIR")
@@ -262,6 +300,17 @@ def test_stage3_settings_name_nested_folders_and_never_move_stages_1_and_2(tmp_p
         moved = folders(**{name: value})
         assert (moved["OUT"], moved["RERANK_DIR"]) == (base["OUT"], base["RERANK_DIR"]), name
         assert moved["DISTIL_DIR"] != base["DISTIL_DIR"], name
+    # an out-of-fold teacher: a new distillation folder; DISTIL_FOLDS=0 (the default) keeps the folder's name
+    moved = folders(DISTIL_FOLDS="2")
+    assert (moved["OUT"], moved["RERANK_DIR"]) == (base["OUT"], base["RERANK_DIR"])
+    assert moved["DISTIL_DIR"] != base["DISTIL_DIR"] and folders(DISTIL_FOLDS="0") == base
+    for bad in ("1", "two", "-2", "02"):
+        result = subprocess.run(
+            ["bash", "-c", f'set -a; source "{REPO_ROOT}/settings.sh"; set +a; '
+                           f'source "{REPO_ROOT}/msmarco-passage-ranking/pipeline_common.sh"; resolve_settings'],
+            env=pipeline_env(DATA=str(marco), DISTIL_FOLDS=bad), capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 2 and f"DISTIL_FOLDS must be 0 (rerank.sh's reranker) or a number of query " \
+            f"folds >= 2, not '{bad}' (settings.sh)" in result.stdout + result.stderr, (bad, result.stderr)
     # speed only, or a stage-3 seed equal to SEED (the default): nothing moves; a stage-1 setting moves everything
     assert folders(RERANK_BATCH="8") == base
     assert folders(STAGE3_SEED="42") == base

@@ -165,6 +165,12 @@ def resolve_mixed_precision(args, hidden_size: int | None = None, training: bool
     return "fp32"
 
 
+def no_pinning_without_accelerator(args) -> None:
+    """Pinned host memory only speeds copies to an accelerator; without one, torch warns in every data loader."""
+    if args.dataloader_pin_memory and not torch.accelerator.is_available():
+        args.dataloader_pin_memory = False
+
+
 @dataclass
 class TevatronTrainingArguments(TrainingArguments):
     warmup_ratio: float = field(default=0.1)
@@ -199,6 +205,7 @@ class TevatronTrainingArguments(TrainingArguments):
         if self.negatives_x_device and torch.cuda.is_available() is False:
             # gloo is torch's CPU backend; HF would otherwise pick nothing sensible for CPU DDP.
             self.ddp_backend = self.ddp_backend or "gloo"
+        no_pinning_without_accelerator(self)
         super().__post_init__()
 
 

@@ -7,9 +7,11 @@ Training examples are Tevatron v1's tokenized groups ``{"query": [ids], "positiv
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -188,6 +190,23 @@ def load_train_groups(data_args, vocab_size: int | None, cache_dir: str | None =
     if len(groups) == 0:
         raise InputError(data_args.train_dir or data_args.dataset_name, "no training examples")
     return groups
+
+
+def query_fold(query, folds: int) -> int:
+    """The fold (0 .. folds - 1) of a training query, from the query itself (its token ids or its text): the
+    same query falls in the same fold in every file and every driver, so its BM25 and hard-negative groups
+    stay together and a reranker trained without a fold never saw any group of that fold's queries."""
+    return zlib.crc32(json.dumps(query).encode("utf-8")) % folds
+
+
+def hold_out_query_fold(groups, folds: int, held_out: int):
+    """The groups whose query is not in fold ``held_out`` of ``folds`` (:func:`query_fold`), in their order."""
+    kept = [index for index, query in enumerate(groups["query"]) if query_fold(query, folds) != held_out]
+    logger.info("fold %d of %d held out: training on %s of %s groups", held_out, folds, f"{len(kept):,}",
+                f"{len(groups):,}")
+    if not kept:
+        raise CommandError(f"every training group's query is in the held-out fold {held_out} of {folds}")
+    return groups.select(kept)
 
 
 def _log_group_sources(files: Sequence[str], total: int) -> None:

@@ -8,7 +8,7 @@ from typing import List, Optional
 from transformers import TrainingArguments
 
 from tevatron.argument_checks import NON_NEGATIVE, POSITIVE, TOKEN_LENGTH, check_ranges
-from tevatron.arguments import RUN_BOUNDS, resolve_mixed_precision
+from tevatron.arguments import RUN_BOUNDS, no_pinning_without_accelerator, resolve_mixed_precision
 
 
 @dataclass
@@ -52,11 +52,24 @@ class RerankerDataArguments(PairLengthArguments):
     dataset_config: str | None = field(default=None, metadata={"help": "the dataset's configuration, if any"})
     dataset_split: str = field(default="train")
     train_n_passages: int = field(default=8, metadata={"help": "one positive plus (n - 1) negatives per query"})
+    query_folds: int = field(default=0, metadata={
+        "help": "split the training queries into this many folds (by a hash of each query) and train without "
+                "the fold --held_out_fold: a teacher for the groups it did not see (score_groups --fold_models)"})
+    held_out_fold: Optional[int] = field(default=None, metadata={
+        "help": "with --query_folds N: the fold (0 .. N-1) whose queries' groups are left out of training"})
 
     def __post_init__(self):
         super().__post_init__()
         from tevatron.arguments import DATA_BOUNDS
         check_ranges(self, {"train_n_passages": DATA_BOUNDS["train_n_passages"]})
+        if self.query_folds == 0:
+            if self.held_out_fold is not None:
+                raise ValueError("--held_out_fold needs --query_folds (the number of folds)")
+        elif self.query_folds < 2:
+            raise ValueError(f"--query_folds must be 0 (no folds) or at least 2, not {self.query_folds}")
+        elif self.held_out_fold is None or not 0 <= self.held_out_fold < self.query_folds:
+            raise ValueError(f"--query_folds {self.query_folds} needs --held_out_fold in [0, {self.query_folds}), "
+                             f"not {self.held_out_fold}")
 
 
 @dataclass
@@ -79,6 +92,7 @@ class RerankerTrainingArguments(TrainingArguments):
             self.warmup_steps = min(float(self.warmup_ratio), 0.999999)  # transformers 5 reads (0, 1) as a ratio
         if self.local_rank == -1 and os.environ.get("LOCAL_RANK") is not None:
             self.local_rank = int(os.environ["LOCAL_RANK"])
+        no_pinning_without_accelerator(self)
         super().__post_init__()
 
 
@@ -102,6 +116,23 @@ class RerankArguments(PairLengthArguments):
         if not 0 <= self.encode_shard_index < self.encode_num_shard:
             raise ValueError(f"--encode_shard_index must be in [0, --encode_num_shard) = [0, {self.encode_num_shard}),"
                              f" not {self.encode_shard_index}")
+
+
+@dataclass
+class TeacherModelArguments(RerankerModelArguments):
+    """score_groups' model: one reranker, or one per query fold (each scoring only its held-out fold)."""
+    model_name_or_path: str | None = field(default=None, metadata={"help": "the reranker that scores every group"})
+    fold_models: Optional[List[str]] = field(default=None, metadata={
+        "help": "instead of --model_name_or_path: N rerankers trained with --query_folds N and --held_out_fold "
+                "0 .. N-1, in that order; each scores only the groups of the queries it was not trained on"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.model_name_or_path is None) == (not self.fold_models):
+            raise ValueError("give --model_name_or_path (one reranker) or --fold_models (one per query fold), "
+                             "one of them")
+        if self.fold_models is not None and len(self.fold_models) < 2:
+            raise ValueError(f"--fold_models needs one reranker per fold, at least 2, not {len(self.fold_models)}")
 
 
 @dataclass

@@ -94,4 +94,6 @@ def reranker_training_provenance(model_args, data_args, training_args) -> dict:
                    if name != "negatives_x_device"})
     if training_args.head_learning_rate is not None:  # recorded only when given: older records stay valid
         record["head_learning_rate"] = training_args.head_learning_rate
+    if data_args.query_folds:  # likewise
+        record.update(query_folds=data_args.query_folds, held_out_fold=data_args.held_out_fold)
     return json.loads(json.dumps(record))

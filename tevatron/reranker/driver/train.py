@@ -17,7 +17,7 @@ from transformers import HfArgumentParser, set_seed
 from tevatron.argument_checks import parse_command_line
 from tevatron.arguments import resolve_mixed_precision
 from tevatron.cli import command
-from tevatron.data import TrainDataset, groups_format, load_train_groups
+from tevatron.data import TrainDataset, groups_format, hold_out_query_fold, load_train_groups
 from tevatron.files import check_output_dir
 from tevatron.preprocess.tokenize import TEXT
 from tevatron.tokenization import load_tokenizer
@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     with training_args.main_process_first(desc="loading training data"):
         groups = load_train_groups(data_args, vocab_size=model.get_input_embeddings().num_embeddings,
                                    cache_dir=model_args.cache_dir)
+    if data_args.query_folds:
+        groups = hold_out_query_fold(groups, data_args.query_folds, data_args.held_out_fold)
     train_dataset = TrainDataset(groups, data_args.train_n_passages, training_args.seed)
     pad_multiple = 8 if (training_args.fp16 or training_args.bf16) else None
     builder = PairBuilder(tokenizer, data_args.q_max_len, data_args.p_max_len, position_limit(model), pad_multiple)
