@@ -67,6 +67,20 @@ def test_encode_arguments_checked_too():
     assert data_args.q_max_len == 4 and model_args.temperature == 1.0
 
 
+def test_an_error_starts_a_line_of_its_own_after_an_open_progress_bar(capsys):
+    """A training loop stopped by bad input leaves its bar's line open; the error line must not be glued to it."""
+    from tqdm.auto import tqdm
+
+    from tevatron.cli import error_exit
+
+    bar = tqdm(total=3, file=sys.stderr)
+    bar.update(1)
+    assert error_exit("x.json:3: bad") == 2
+    bar.close()
+    assert "error: x.json:3: bad" in capsys.readouterr().err.splitlines()
+    assert error_exit("no bar open") == 2 and capsys.readouterr().err == "error: no bar open\n"
+
+
 def test_host_memory_is_pinned_only_for_an_accelerator(monkeypatch):
     """Without an accelerator pinning does nothing but make torch warn in every data loader."""
     from tevatron.reranker.arguments import RerankerTrainingArguments

@@ -465,7 +465,7 @@ def test_format_text_prefixes_reach_training_and_encoding(tmp_path):
 
 # --------------------------------------------------------------------------- RETRAIN
 def test_retrain_reaches_each_scripts_training_step_and_no_check_step(tmp_path):
-    """RETRAIN=1: run.sh's, train_hn.sh's, rerank.sh's and distil.sh's own training step gets
+    """RETRAIN=1: run.sh's, train_hn.sh's, rerank.sh's and distil.sh's own training steps (the fold rerankers too) get
     --overwrite_output_dir; the check steps (a later script confirming an earlier model) never do."""
     out = tmp_path / "out"
     for folder in ("model", "model-hn", "rerank/reranker"):
@@ -474,21 +474,22 @@ def test_retrain_reaches_each_scripts_training_step_and_no_check_step(tmp_path):
     steps = "".join(line + "\n" for script in ("run.sh", "train_hn.sh", "rerank.sh", "distil.sh")
                     for line in (REPO_ROOT / script).read_text().splitlines()
                     if re.match(r"do_train\w*\(\)", line))
-    assert steps.count("\n") == 4, steps
+    assert steps.count("\n") == 5, steps
     body = (f'INIT_MODEL=init; DISTIL_INIT_MODEL=init; PRECISION=\n{steps}'
-            'do_train; do_train_hn; do_train_reranker; do_train_distil; echo CHECKS\n'
+            'do_train; do_train_hn; do_train_reranker; do_train_fold_rerankers; do_train_distil; echo CHECKS\n'
             'check_stage1_model; check_stage2_model; check_reranker\n')
     for retrain in ("0", "1", "2"):
         result = recorded_commands(body, tmp_path, MODEL=str(tmp_path), OUT=str(out), RERANK_DIR=str(out / "rerank"),
-                                   RETRAIN=retrain)
+                                   RETRAIN=retrain, DISTIL_FOLDS="2")
         if retrain == "2":
             assert result.returncode == 2
             assert result.stderr.splitlines() == ["error: RETRAIN must be 0 or 1, not '2' (settings.sh)"]
             continue
         assert result.returncode == 0, result.stderr
         trained, checked = result.stdout.split("CHECKS\n")
+        trained = "".join(line + "\n" for line in trained.splitlines() if not line.startswith("==> "))  # commands only
         outputs = [line.split("--output_dir ")[1].split()[0] for line in trained.splitlines()]
-        assert outputs == [f"{out}/model", f"{out}/model-hn", f"{out}/rerank/reranker",
-                           f"{out}/rerank/{Path(outputs[3]).parent.name}/model-distil"]
-        assert [line.endswith(" --overwrite_output_dir") for line in trained.splitlines()] == [retrain == "1"] * 4
+        assert outputs == [f"{out}/model", f"{out}/model-hn", f"{out}/rerank/reranker", f"{out}/rerank/folds-2/reranker-0",
+                           f"{out}/rerank/folds-2/reranker-1", f"{out}/rerank/{Path(outputs[5]).parent.name}/model-distil"]
+        assert [line.endswith(" --overwrite_output_dir") for line in trained.splitlines()] == [retrain == "1"] * 6
         assert len(checked.splitlines()) == 3 and "--overwrite_output_dir" not in checked

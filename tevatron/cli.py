@@ -33,8 +33,15 @@ def error_exit(message: str) -> int:
     message = str(message)
     if "\n" in message:
         message = " ".join(message.split())
-    print(f"error: {message}", file=sys.stderr)
+    print(f"{_end_of_open_bar()}error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _end_of_open_bar() -> str:
+    """A newline when a progress bar is still open (an error in a training or scoring loop): its line ends
+    without one, and the error must start a line of its own."""
+    tqdm_std = sys.modules.get("tqdm.std")
+    return "\n" if tqdm_std is not None and getattr(tqdm_std.tqdm, "_instances", None) else ""
 
 
 def command(main: Callable) -> Callable:
