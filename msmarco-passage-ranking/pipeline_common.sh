@@ -395,10 +395,9 @@ check_stage2_model() {
   train_model "$HN_INIT_MODEL" "$OUT/train-hn" "$OUT/model-hn" "$HN_LR" "$HN_EPOCHS"
 }
 
-# train_reranker: the cross-encoder ($RERANK_DIR/reranker), listwise on the stage-2 training groups (BM25 +
-# hard negatives). Like train_model, the driver skips a finished reranker trained the same way and resumes
-# an interrupted one.
-# train_reranker_into FOLDER [FLAG...]: the reranker of the RERANKER_* settings on $OUT/train-hn.
+# train_reranker_into FOLDER [FLAG...]: a cross-encoder of the RERANKER_* settings, listwise on the stage-2
+# training groups (BM25 + hard negatives). Like train_model, the driver skips a finished reranker trained the
+# same way and resumes an interrupted one. train_reranker: rerank.sh's ($RERANK_DIR/reranker).
 train_reranker_into() {
   "$PYTHON" -m tevatron.reranker.driver.train --output_dir "$1" --model_name_or_path "$RERANKER_MODEL" \
     --train_dir "$OUT/train-hn" --learning_rate "$RERANKER_LR" --head_learning_rate "$RERANKER_HEAD_LR" \
