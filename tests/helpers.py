@@ -133,7 +133,7 @@ def loss_and_grads(model, batch):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def make_tiny_reranker(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+def make_tiny_reranker(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2, positions: int = 160) -> Path:
     """Save a tiny random one-logit BertForSequenceClassification as the reranker drivers save it."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -143,7 +143,7 @@ def make_tiny_reranker(path: Path, seed: int = 0, hidden: int = 32, layers: int 
 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=2 * hidden, max_position_embeddings=160, num_labels=1,
+                        intermediate_size=2 * hidden, max_position_embeddings=positions, num_labels=1,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     packaged = packaged_minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(packaged)) if packaged is not None else None

@@ -406,7 +406,14 @@ def test_fold_models_score_each_group_with_the_reranker_that_held_its_query_out(
     assert unfolded.returncode == 2 and error_lines(unfolded.stderr)[0].endswith(
         "--fold_models entry 1 must be a reranker trained with --query_folds 2 --held_out_fold 1; its training "
         "record names no held-out fold")
-    assert not (tmp_path / "swapped").exists() and not (tmp_path / "unfolded").exists()
+    short = make_tiny_reranker(tmp_path / "short-fold-1", seed=1, positions=48)  # pairs cut to 48, not 16 + 48
+    provenance.write_folder_record(short, {"model kind": "cross-encoder", "query_folds": 2, "held_out_fold": 1})
+    mixed = run_module("tevatron.reranker.driver.score_groups", "--fold_models", models[0], short, *lengths,
+                       "--output_dir", tmp_path / "mixed")
+    assert mixed.returncode == 2 and error_lines(mixed.stderr) == [
+        "error: the fold models cut a pair to different lengths (48, 64: their position limits); give --q_max_len "
+        "+ --p_max_len of at most 48"]
+    assert not any((tmp_path / name).exists() for name in ("swapped", "unfolded", "mixed"))
 
 
 STOPPED_TRAINING = stopped_training_script("tevatron.reranker.driver.train")

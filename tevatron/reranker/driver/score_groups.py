@@ -152,6 +152,10 @@ def main(argv=None) -> int:
         raise CommandError(f"the fold models resolve to different precisions ({', '.join(sorted(precisions))}); "
                            "give --fp16/--bf16 explicitly")
     (precision,) = precisions
+    pair_lengths = sorted({builder.max_len for _, builder in scorers})
+    if len(pair_lengths) > 1:  # one teacher: every group's pairs cut to one length
+        raise CommandError(f"the fold models cut a pair to different lengths ({', '.join(map(str, pair_lengths))}: "
+                           f"their position limits); give --q_max_len + --p_max_len of at most {pair_lengths[0]}")
     identities = [provenance.model_identity(path) for path in model_paths]
     wanted = {"model": identities[0] if len(identities) == 1 else {"fold models": identities},
               "tokenizer": (provenance.model_identity(model_args.tokenizer_name) if model_args.tokenizer_name
